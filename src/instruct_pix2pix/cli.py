@@ -1,0 +1,172 @@
+"""The `ip2p` command: a thin layer that parses, calls the library, and reports.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from instruct_pix2pix import __version__
+from instruct_pix2pix.errors import EditWarning, UserError
+
+EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ip2p", description="InstructPix2Pix: edit images from written instructions.")
+    parser.add_argument("--version", action="version", version=f"instruct-pix2pix {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    edit = commands.add_parser("edit", help="edit images from a written instruction",
+                               description="Edit INPUT (image files or folders) following INSTRUCTION.")
+    edit.add_argument("items", nargs="+", metavar="INPUT... INSTRUCTION", help="image files or folders, then the instruction")
+    edit.add_argument("-o", "--output", required=True, help="output .png (one result) or folder (several)")
+    edit.add_argument("--then", action="append", default=[], metavar="INSTRUCTION", help="apply another instruction after (repeatable)")
+    edit.add_argument("--model", help="diffusers folder, hub id (timbrooks/instruct-pix2pix) or .safetensors/.ckpt file")
+    edit.add_argument("--config", help="diffusers config folder for a single-file checkpoint (default: SD 1.5 InstructPix2Pix)")
+    edit.add_argument("--steps", type=positive_int, default=100, help="sampling steps (default 100)")
+    edit.add_argument("--text-cfg", type=float, default=7.5, help="text guidance scale (default 7.5)")
+    edit.add_argument("--image-cfg", type=float, default=1.5, help="image guidance scale (default 1.5)")
+    edit.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)")
+    edit.add_argument("--num-images", type=positive_int, default=1, help="variants per input (default 1)")
+    edit.add_argument("--scheduler", default="euler_ancestral", help="euler_ancestral (default), euler, ddim, dpm++2m, unipc, ...")
+    edit.add_argument("--negative-prompt", default=None)
+    size = edit.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=positive_int, default=None, help="long side, about (default: the model's, 512 for SD)")
+    size.add_argument("--keep-size", action="store_true", help="keep the input size (cropped to a multiple of 8)")
+    edit.add_argument("--batch-size", type=positive_int, default=None, help="most samples per UNet call (default: all)")
+    edit.add_argument("--max-pixels", type=positive_int, default=None, help="refuse larger inputs (default 64 million)")
+    edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    edit.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 (default on GPU), bfloat16")
+
+    info = commands.add_parser("info", help="say what a model is", description="Print what a model is, from its configuration.")
+    info.add_argument("source", help="diffusers folder, hub id or single-file checkpoint")
+    info.add_argument("--config", help="config folder for a single-file checkpoint")
+    return parser
+
+
+def input_paths(items: list[str]) -> list[Path]:
+    from instruct_pix2pix.images import list_images
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        paths += list_images(path) if path.is_dir() else [path]
+    return paths
+
+
+def output_paths(output: str, result, inputs: list[Path]) -> list[Path]:
+    """One result: OUTPUT itself (a .png). Several: OUTPUT is a folder of INPUTNAME_SEED.png files."""
+    out = Path(output)
+    if len(result.edits) == 1 and out.suffix:
+        if out.suffix.lower() != ".png":
+            raise UserError(f"output {out} must be a .png file (PNG keeps the settings that made the edit)")
+        return [out]
+    if out.suffix:
+        raise UserError(f"{len(result.edits)} images to write: give a folder as --output, not {out}")
+    names = [f"{inputs[e.input_index].stem}_{e.seed}.png" for e in result.edits]
+    if len(set(names)) < len(names):  # several instructions on one input with the same seed
+        names = [f"{inputs[e.input_index].stem}_{k}_{e.seed}.png" for k, e in enumerate(result.edits)]
+    return [out / name for name in names]
+
+
+def reproduce_command(edit, input_path: Path, result) -> str:
+    words = ["ip2p", "edit", str(input_path), edit.instructions[0], "-o", "OUT.png", "--seed", str(edit.seed)]
+    for text in edit.instructions[1:]:
+        words += ["--then", text]
+    s = result.settings
+    words += ["--model", result.model, "--steps", str(s.num_inference_steps), "--text-cfg", str(s.guidance_scale),
+              "--image-cfg", str(s.image_guidance_scale), "--scheduler", s.scheduler, "--dtype", result.dtype]
+    words += ["--keep-size"] if s.keep_size else ["--resolution", str(s.resolution)]
+    if s.negative_prompt:
+        words += ["--negative-prompt", s.negative_prompt]
+    return shlex.join(words)
+
+
+def run_edit(args) -> None:
+    from instruct_pix2pix.editing import Editor
+    from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, load_image, save_png
+
+    if len(args.items) < 2:
+        raise UserError("give an input image (or folder) and then an instruction, e.g. ip2p edit photo.jpg \"make it snowy\" -o out.png")
+    *items, instruction = args.items
+    paths = input_paths(items)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    images = [load_image(path, max_pixels=max_pixels) for path in paths]  # all bad input fails before the model loads
+    if args.model is None:
+        raise UserError("no --model given: pass a diffusers folder, a .safetensors file or a hub id such as timbrooks/instruct-pix2pix")
+    editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
+    result = editor.edit(
+        images, instruction, then=args.then, num_inference_steps=args.steps, guidance_scale=args.text_cfg,
+        image_guidance_scale=args.image_cfg, seed=args.seed, num_images=args.num_images, scheduler=args.scheduler,
+        negative_prompt=args.negative_prompt, resolution=args.resolution, keep_size=args.keep_size,
+        max_pixels=max_pixels, batch_size=args.batch_size,
+    )
+    for edit, path in zip(result.edits, output_paths(args.output, result, paths)):
+        metadata = result.metadata(edit)
+        metadata["input"] = str(paths[edit.input_index])
+        metadata["parameters"] = reproduce_command(edit, paths[edit.input_index], result)
+        save_png(edit.image, path, metadata)
+        print(path)
+
+
+def run_info(args) -> None:
+    from instruct_pix2pix.models import describe
+
+    for key, value in describe(args.source, config=args.config).items():
+        print(f"{key:<20}{value}")
+
+
+def quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"ip2p: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        with warnings.catch_warnings():
+            # Our own warnings reach the user as one line each; the libraries' deprecation notes do not.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("always", EditWarning)
+            warnings.showwarning = show_warning
+            quiet_libraries()
+            {"edit": run_edit, "info": run_info}[args.command](args)
+    except UserError as error:
+        print(f"ip2p: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ip2p: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The Editor: an image and a written instruction in, the edited image out, in one sampling pass.
+
+    preprocess (read, resize) -> encode (VAE posterior mode, text) -> denoise (guided UNet inside a
+    diffusers scheduler) -> decode (VAE) -> images
+
+Read `edit` top to bottom; everything it calls is in this file or in `guidance`/`images`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from instruct_pix2pix import __version__
+from instruct_pix2pix.errors import EditWarning, UserError
+from instruct_pix2pix.guidance import guided_denoiser
+from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, fit_to_multiple, load_image, resize_for_edit, to_pil, to_tensor
+from instruct_pix2pix.models import EditingModel, load_model
+
+# Scheduler names as users type them, and the diffusers class (with settings) each one means.
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class NumericalError(UserError):
+    """The sampler produced NaN or inf (float16 overflow, usually)."""
+
+
+def make_scheduler(name: str, config: dict):
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    cls, settings = SCHEDULERS[name]
+    return cls.from_config(config, **settings)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps was asked for but it is not available here; use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 on the CPU unless asked otherwise; float16 on GPUs."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class EditSettings:
+    """Everything besides the image, the instruction and the model that decides an edit's pixels."""
+
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    scheduler: str = "euler_ancestral"
+    negative_prompt: str | None = None
+    resolution: int | None = None  # None: the model's own size; resolved in EditResult.settings
+    keep_size: bool = False
+
+    def check(self) -> None:
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise UserError(f"the number of steps must be a positive whole number, not {self.num_inference_steps!r}")
+        for name in ("guidance_scale", "image_guidance_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, not {value!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 64):
+            raise UserError(f"resolution must be a whole number of at least 64, not {self.resolution!r}")
+
+
+@dataclass
+class Edit:
+    """One output image and what made it."""
+
+    image: Image.Image
+    input_index: int  # which input image it came from
+    instructions: list[str]  # applied in order (more than one for a compound edit)
+    seed: int
+    pixels: np.ndarray | None = None  # float32 HxWx3 in [0, 1] before rounding to 8 bits (None: not edited)
+
+
+@dataclass
+class EditResult:
+    edits: list[Edit]
+    settings: EditSettings
+    model: str
+    dtype: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [edit.image for edit in self.edits]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [edit.seed for edit in self.edits]
+
+    def metadata(self, edit: Edit) -> dict[str, str]:
+        """PNG text chunks from which the edit can be reproduced."""
+        record = {
+            "instructions": edit.instructions,
+            "seed": edit.seed,
+            "model": self.model,
+            "dtype": self.dtype,
+            **asdict(self.settings),
+            "instruct_pix2pix_version": __version__,
+        }
+        return {"instruct-pix2pix": json.dumps(record), "Software": f"instruct-pix2pix {__version__}"}
+
+
+class Editor:
+    """Edits images with an InstructPix2Pix model.
+
+    >>> editor = Editor.from_pretrained("timbrooks/instruct-pix2pix")
+    >>> result = editor.edit("photo.jpg", "make it snowy", seed=0)
+    >>> result.images[0].save("snowy.png")
+    """
+
+    def __init__(self, model: EditingModel, device: str | torch.device = "cpu"):
+        self.model = model
+        self.device = pick_device(device)
+        for part in (model.unet, model.vae, model.text_encoder):
+            part.to(self.device).eval().requires_grad_(False)
+        self.dtype = model.unet.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        config: str | Path | None = None,
+    ) -> Editor:
+        """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `models.load_model`)."""
+        device = pick_device(device)
+        return cls(load_model(source, dtype=pick_dtype(dtype, device), config=config), device)
+
+    # --- the public entry point -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def edit(
+        self,
+        image: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+        instruction: str | Sequence[str],
+        *,
+        then: Sequence[str] = (),
+        num_inference_steps: int = 100,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        seed: int | None = None,
+        num_images: int = 1,
+        scheduler: str = "euler_ancestral",
+        negative_prompt: str | None = None,
+        resolution: int | None = None,
+        keep_size: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+    ) -> EditResult:
+        """Edit one or many images.
+
+        `image` and `instruction` may each be one item or a list; two lists pair up item by item,
+        and a single item goes with every item of the other list. `then` lists further
+        instructions applied in order to each result (a compound edit). Each input gives
+        `num_images` variants; variant i uses seed `seed + i`, so any variant can be reproduced
+        alone. All samples of the same size go through the UNet together (at most `batch_size`
+        at a time). An empty instruction returns the (resized) input, as the reference does.
+        """
+        settings = EditSettings(
+            num_inference_steps, guidance_scale, image_guidance_scale, scheduler, negative_prompt, resolution, keep_size
+        )
+        settings.check()
+        if not isinstance(num_images, int) or num_images < 1:
+            raise UserError(f"num_images must be a positive whole number, not {num_images!r}")
+        if seed is None:
+            seed = random.randrange(2**32 - num_images)
+        if settings.resolution is None and not keep_size:
+            settings.resolution = self.model.default_resolution
+
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+        pairs = pair_up(images, instructions)
+        inputs = [self.prepare_image(source, settings, max_pixels) for source in images]
+
+        # One sample per (pair, variant); every step of a compound edit works on all of them at once.
+        samples = [(index, [text, *then], seed + i) for index, text in pairs for i in range(num_images)]
+        current = [inputs[index] for index, _, _ in samples]
+        progress = tqdm(
+            total=self.count_unet_calls(samples, current, settings, batch_size),
+            disable=not show_progress, desc="editing", unit="step",
+        )
+        pixels = [None] * len(samples)
+        with progress:
+            for step in range(1 + len(then)):
+                prompts = [texts[step] for _, texts, _ in samples]
+                results = self.edit_batch(current, prompts, [s for _, _, s in samples], settings, batch_size, progress)
+                current = [image for image, _ in results]
+                pixels = [new if new is not None else old for (_, new), old in zip(results, pixels)]
+        edits = [Edit(img, index, texts, s, px) for img, px, (index, texts, s) in zip(current, pixels, samples)]
+        return EditResult(edits, settings, self.model.source, str(self.dtype).removeprefix("torch."))
+
+    def prepare_image(self, source, settings: EditSettings, max_pixels: int) -> Image.Image:
+        image = load_image(source, max_pixels=max_pixels)
+        return fit_to_multiple(image, 8) if settings.keep_size else resize_for_edit(image, settings.resolution)
+
+    # --- the work --------------------------------------------------------------------------------
+
+    @staticmethod
+    def batches(images: list[Image.Image], prompts: list[str], batch_size: int | None) -> list[list[int]]:
+        """Indices of the samples that go through the UNet together: same size, non-empty prompt."""
+        by_size = defaultdict(list)
+        for i, (image, prompt) in enumerate(zip(images, prompts)):
+            if prompt.strip():
+                by_size[image.size].append(i)
+        size = batch_size or max(1, len(images))
+        return [group[start : start + size] for group in by_size.values() for start in range(0, len(group), size)]
+
+    def count_unet_calls(self, samples, images, settings, batch_size) -> int:
+        """For the progress bar. Sizes never change along a compound edit, so the batches are known up front."""
+        scheduler = make_scheduler(settings.scheduler, self.model.scheduler_config)
+        scheduler.set_timesteps(settings.num_inference_steps)
+        chain_length = len(samples[0][1])
+        batches = sum(len(self.batches(images, [texts[k] for _, texts, _ in samples], batch_size)) for k in range(chain_length))
+        return len(scheduler.timesteps) * batches
+
+    def edit_batch(self, images, prompts, seeds, settings, batch_size, progress) -> list[tuple[Image.Image, np.ndarray | None]]:
+        """Apply prompts[i] to images[i] with seeds[i]; an empty prompt leaves its image as it is."""
+        out = [(image, None) for image in images]
+        for indices in self.batches(images, prompts, batch_size):
+            edited = self.sample(
+                [images[i] for i in indices], [prompts[i] for i in indices], [seeds[i] for i in indices], settings, progress
+            )
+            for i, result in zip(indices, edited):
+                out[i] = result
+        return out
+
+    def sample(self, images, prompts, seeds, settings: EditSettings, progress) -> list[tuple[Image.Image, np.ndarray]]:
+        """One sampling pass for a batch of same-size images: each result as an image and as float pixels."""
+        model, device, dtype = self.model, self.device, self.dtype
+        pixels = to_tensor(images).to(device, model.vae.dtype)
+        # Conditioning latent: posterior mode, not multiplied by the scaling factor (as trained).
+        image_latents = model.vae.encode(pixels).latent_dist.mode().to(dtype)
+        text_embeds = self.encode_text(prompts)
+        null_text_embeds = self.encode_text([settings.negative_prompt or ""] * len(prompts))
+
+        scheduler = make_scheduler(settings.scheduler, model.scheduler_config)
+        scheduler.set_timesteps(settings.num_inference_steps, device=device)
+        # One CPU generator per sample: the same seed gives the same image on any device and in any batch.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        latents = randn_tensor(image_latents.shape, generator=generators, device=device, dtype=dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+        denoise = guided_denoiser(
+            model.unet, text_embeds, null_text_embeds, image_latents, settings.guidance_scale, settings.image_guidance_scale
+        )
+        for t in scheduler.timesteps:
+            model_output = denoise(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+            progress.update()
+
+        decoded = model.vae.decode(latents.to(model.vae.dtype) / model.vae.config.scaling_factor, return_dict=False)[0]
+        if not torch.isfinite(decoded).all():
+            raise NumericalError(
+                f"the edit produced NaN/inf values in {str(dtype).removeprefix('torch.')}; "
+                "run it again with dtype float32 (or bfloat16)"
+            )
+        pixels = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return list(zip(to_pil(decoded), pixels))
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Last hidden states of the text encoder, padded to the tokenizer's length, as diffusers does."""
+        tokenizer, encoder = self.model.tokenizer, self.model.text_encoder
+        max_length = min(tokenizer.model_max_length, getattr(encoder.config, "max_position_embeddings", 10**6), 10**6)
+        for prompt in set(prompts):
+            ids = tokenizer(prompt, truncation=False).input_ids
+            if len(ids) > max_length:
+                kept = tokenizer.decode(ids[1 : max_length - 1])
+                warnings.warn(
+                    f"the instruction is longer than the model's {max_length} tokens and was cut to: {kept!r}",
+                    EditWarning,
+                    stacklevel=4,
+                )
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device) if getattr(encoder.config, "use_attention_mask", False) else None
+        return encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+
+
+def pair_up(images: list, instructions: list[str]) -> list[tuple[int, str]]:
+    """(input index, instruction) pairs: lists pair item by item; a single item goes with all."""
+    if not images or not instructions:
+        raise UserError("nothing to edit: give at least one image and one instruction")
+    if len(images) == 1:
+        return [(0, text) for text in instructions]
+    if len(instructions) == 1:
+        return [(i, instructions[0]) for i in range(len(images))]
+    if len(images) != len(instructions):
+        raise UserError(f"{len(images)} images and {len(instructions)} instructions: give one instruction, or one per image")
+    return list(enumerate(instructions))

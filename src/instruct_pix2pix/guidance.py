@@ -1,0 +1,56 @@
+"""Dual classifier-free guidance (InstructPix2Pix, eq. 3), as a wrapper around the UNet.
+
+    eps = e(∅,∅) + s_I (e(∅,c_I) − e(∅,∅)) + s_T (e(c_T,c_I) − e(∅,c_I))
+
+c_T is the instruction's encoding, ∅ for text is the encoding of the empty string (or of a
+negative prompt), c_I is the input image's latent and ∅ for the image is an all-zero latent. The
+branches run as one batched forward. Branches that cancel are not run at all: with s_I = 1 the
+formula is exactly e(∅,c_I) + s_T (e(c_T,c_I) − e(∅,c_I)) (two branches), and with s_T = s_I = 1
+it is e(c_T,c_I) (one branch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def branch_count(guidance_scale: float, image_guidance_scale: float) -> int:
+    if image_guidance_scale != 1:
+        return 3
+    return 2 if guidance_scale != 1 else 1
+
+
+def guided_denoiser(
+    unet: torch.nn.Module,
+    text_embeds: torch.Tensor,
+    null_text_embeds: torch.Tensor,
+    image_latents: torch.Tensor,
+    guidance_scale: float,
+    image_guidance_scale: float,
+) -> Denoiser:
+    """Return denoise(scaled_latents, t) -> guided model output (epsilon or v, as the UNet predicts).
+
+    `scaled_latents` is the scheduler-scaled noisy latent of shape (B, C, h, w); `text_embeds`,
+    `null_text_embeds` and `image_latents` have batch size B too, row for row.
+    """
+    branches = branch_count(guidance_scale, image_guidance_scale)
+    # Rows in the order diffusers uses: (c_T, c_I), (∅, c_I), (∅, ∅).
+    encoder_states = torch.cat([text_embeds, null_text_embeds, null_text_embeds][:branches])
+    image_conditions = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)][:branches])
+
+    def denoise(scaled_latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_input = torch.cat([scaled_latents.repeat(branches, 1, 1, 1), image_conditions], dim=1)
+        out = unet(model_input, t, encoder_hidden_states=encoder_states, return_dict=False)[0]
+        if branches == 1:
+            return out
+        if branches == 2:
+            text, image = out.chunk(2)
+            return image + guidance_scale * (text - image)
+        text, image, unconditional = out.chunk(3)
+        return unconditional + image_guidance_scale * (image - unconditional) + guidance_scale * (text - image)
+
+    return denoise

@@ -1,0 +1,81 @@
+"""Tiny components of the real SD 1.5 editing architecture, built in code and saved in the real layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from instruct_pix2pix.tokenizers import build_clip_tokenizer
+
+SD15_SCHEDULER_CONFIG = {
+    "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
+    "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True, "trained_betas": None,
+}
+WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
+
+
+def tiny_parts(seed: int = 0, in_channels: int = 8) -> dict:
+    """UNet (8 input channels), VAE, CLIP text encoder, tokenizer and scheduler, a few MB in all."""
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(WORDS)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=64,
+    )
+    # The scheduler config of timbrooks/instruct-pix2pix (SD 1.5's, with its DDIM/PNDM keys).
+    scheduler = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def save_tiny_model(folder, **kwargs) -> None:
+    """Write a diffusers-format folder the way diffusers itself writes one (model_index.json and all)."""
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        **tiny_parts(**kwargs), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-ip2p")
+    save_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_to_image_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    save_tiny_model(folder, in_channels=4)
+    return folder
+
+
+def scene(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth, structured test image (random noise would make every edit look alike)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    channels = [np.sin(6 * x * rng.uniform(0.5, 2) + rng.uniform(0, 6)) * np.cos(5 * y + c) for c in range(3)]
+    return Image.fromarray(((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8))
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    scene(96, 64).save(path)
+    return path
