@@ -75,15 +75,20 @@ def input_paths(items: list[str]) -> list[Path]:
     return paths
 
 
-def output_paths(output: str, result, inputs: list[Path]) -> list[Path]:
-    """One result: OUTPUT itself (a .png). Several: OUTPUT is a folder of INPUTNAME_SEED.png files."""
+def check_output(output: str, count: int) -> None:
+    """One result goes to OUTPUT itself, a .png; several go into OUTPUT, a folder."""
     out = Path(output)
-    if len(result.edits) == 1 and out.suffix:
-        if out.suffix.lower() != ".png":
-            raise UserError(f"output {out} must be a .png file (PNG keeps the settings that made the edit)")
-        return [out]
-    if out.suffix:
-        raise UserError(f"{len(result.edits)} images to write: give a folder as --output, not {out}")
+    if count == 1 and out.suffix and out.suffix.lower() != ".png":
+        raise UserError(f"output {out} must be a .png file (PNG keeps the settings that made the edit)")
+    if count > 1 and out.suffix:
+        raise UserError(f"{count} images to write: give a folder as --output, not {out}")
+
+
+def output_paths(output: str, result, inputs: list[Path]) -> list[Path]:
+    """OUTPUT itself for one result (or OUTPUT/INPUTNAME.png if it is a folder); else OUTPUT/INPUTNAME_SEED.png."""
+    out = Path(output)
+    if len(result.edits) == 1:
+        return [out if out.suffix else out / f"{inputs[0].stem}.png"]
     names = [f"{inputs[e.input_index].stem}_{e.seed}.png" for e in result.edits]
     if len(set(names)) < len(names):  # several instructions on one input with the same seed
         names = [f"{inputs[e.input_index].stem}_{k}_{e.seed}.png" for k, e in enumerate(result.edits)]
@@ -104,13 +109,16 @@ def reproduce_command(edit, input_path: Path, result) -> str:
 
 
 def run_edit(args) -> None:
-    from instruct_pix2pix.editing import Editor
+    from instruct_pix2pix.editing import SCHEDULERS, Editor
     from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, load_image, save_png
 
     if len(args.items) < 2:
         raise UserError("give an input image (or folder) and then an instruction, e.g. ip2p edit photo.jpg \"make it snowy\" -o out.png")
     *items, instruction = args.items
     paths = input_paths(items)
+    check_output(args.output, len(paths) * args.num_images)
+    if args.scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     images = [load_image(path, max_pixels=max_pixels) for path in paths]  # all bad input fails before the model loads
     if args.model is None:
@@ -143,10 +151,14 @@ def quiet_libraries() -> None:
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()  # "Loading weights" bars: ours is the one that matters
+    transformers.utils.logging.disable_progress_bar()
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"ip2p: warning: {message}", file=sys.stderr)
+    from tqdm import tqdm
+
+    tqdm.write(f"ip2p: warning: {message}", file=sys.stderr)  # on its own line, above a live progress bar
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,8 +95,10 @@ def load_single_file(path, config_dir=SD15_CONFIG_DIR, *, dtype: torch.dtype = t
 def _read_config_dir(config_dir: Path) -> dict:
     """Check the config folder has what loading needs; return the UNet config."""
     needed = ["unet/config.json", "vae/config.json", "text_encoder/config.json",
-              "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"]
+              "scheduler/scheduler_config.json"]
     missing = [name for name in needed if not (config_dir / name).is_file()]
+    if not (config_dir / "tokenizer").is_dir() or not any((config_dir / "tokenizer").iterdir()):
+        missing.append("tokenizer/")
     if missing:
         raise UserError(f"{config_dir} is not a diffusers model configuration folder (missing {', '.join(missing)})")
     try:
@@ -247,9 +249,10 @@ def _check_fully_loaded(model: torch.nn.Module, name: str, path: Path) -> None:
 
 
 def _load_tokenizer(config_dir: Path):
-    from transformers import CLIPTokenizer
+    from instruct_pix2pix.models import transformers_class
 
-    return CLIPTokenizer.from_pretrained(str(config_dir / "tokenizer"), local_files_only=True)
+    tokenizer_class = transformers_class(config_dir, "tokenizer", "CLIPTokenizer")
+    return tokenizer_class.from_pretrained(str(config_dir / "tokenizer"), local_files_only=True)
 
 
 def _load_scheduler(config_dir: Path):
