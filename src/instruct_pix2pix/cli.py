@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     edit.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 (default on GPU), bfloat16")
 
+    train = commands.add_parser("train", help="train an editing model",
+                                description="Train an editing model from CONFIG.yaml; key=value pairs override its settings.")
+    train.add_argument("config", help="YAML file of settings (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+
+    export = commands.add_parser("export", help="write a model as one .safetensors file (CompVis layout)",
+                                 description="Write MODEL in the single-file layout the original code, AUTOMATIC1111 and ComfyUI read.")
+    export.add_argument("model", help="diffusers folder, hub id or single file")
+    export.add_argument("output", help="the .safetensors file to write")
+
+    dataset = commands.add_parser("dataset", help="look at training data")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True, parser_class=Parser)
+    dataset_info = dataset_commands.add_parser("info", help="count, schema and a few rows of a dataset")
+    dataset_info.add_argument("path", help="parquet folder/files, a datasets folder or hub id, or the reference format")
+    dataset_info.add_argument("--split", default="train")
+    dataset_info.add_argument("--rows", type=positive_int, default=3)
+
     info = commands.add_parser("info", help="say what a model is", description="Print what a model is, from its configuration.")
     info.add_argument("source", help="diffusers folder, hub id or single-file checkpoint")
     info.add_argument("--config", help="config folder for a single-file checkpoint")
@@ -155,10 +172,34 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def run_train(args) -> None:
+    from instruct_pix2pix.training import load_config, train
+
+    print(train(load_config(args.config, args.overrides)))
+
+
+def run_export(args) -> None:
+    from instruct_pix2pix.models import load_model
+    from instruct_pix2pix.single_file import save_single_file
+
+    model = load_model(args.model)
+    save_single_file(model.unet, model.vae, model.text_encoder, args.output)
+    print(args.output)
+
+
+def run_dataset(args) -> None:
+    from instruct_pix2pix.data import describe_dataset
+
+    print(describe_dataset(args.path, split=args.split, rows=args.rows))
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None):
     from tqdm import tqdm
 
     tqdm.write(f"ip2p: warning: {message}", file=sys.stderr)  # on its own line, above a live progress bar
+
+
+COMMANDS = {"edit": run_edit, "info": run_info, "train": run_train, "export": run_export, "dataset": run_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", EditWarning)
             warnings.showwarning = show_warning
             quiet_libraries()
-            {"edit": run_edit, "info": run_info}[args.command](args)
+            COMMANDS[args.command](args)
     except UserError as error:
         print(f"ip2p: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -126,11 +126,13 @@ def transformers_class(folder: Path, part: str, fallback: str) -> type:
     return cls
 
 
-def load_folder(folder: Path, dtype: torch.dtype, source: str) -> EditingModel:
+def load_folder(folder: Path, dtype: torch.dtype, source: str, *, editing_only: bool = True) -> EditingModel:
+    """Load a diffusers folder; with editing_only=False a text-to-image model loads too (to train from)."""
     check_folder(folder)
     unet_config = read_json(folder / "unet" / "config.json")
     vae_config = read_json(folder / "vae" / "config.json")
-    check_editing_unet(unet_config.get("in_channels", 4), vae_config.get("latent_channels", 4), source)
+    if editing_only:
+        check_editing_unet(unet_config.get("in_channels", 4), vae_config.get("latent_channels", 4), source)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype(dtype))
@@ -188,7 +190,9 @@ def download(repo_id: str) -> Path:
 # --- entry point -------------------------------------------------------------------------------
 
 
-def load_model(source: str | Path, *, dtype: torch.dtype = torch.float32, config: str | Path | None = None) -> EditingModel:
+def load_model(
+    source: str | Path, *, dtype: torch.dtype = torch.float32, config: str | Path | None = None, editing_only: bool = True
+) -> EditingModel:
     """Load an editing model from a diffusers folder, a hub id, or a single-file checkpoint.
 
     `config` is the diffusers-format folder of configs a single file is read with; by default the
@@ -196,9 +200,9 @@ def load_model(source: str | Path, *, dtype: torch.dtype = torch.float32, config
     """
     kind, path = resolve_source(source)
     if kind == "hub":
-        return load_folder(download(str(path)), dtype, str(source))
+        return load_folder(download(str(path)), dtype, str(source), editing_only=editing_only)
     if kind == "folder":
-        return load_folder(path, dtype, str(source))
+        return load_folder(path, dtype, str(source), editing_only=editing_only)
     from instruct_pix2pix import single_file
 
     parts = single_file.load_single_file(path, config or single_file.SD15_CONFIG_DIR, dtype=dtype)
@@ -271,3 +275,39 @@ def describe(source: str | Path, *, config: str | Path | None = None) -> dict[st
         "scheduler": scheduler.get("_class_name", "?"),
         "default resolution": str(unet.get("sample_size", 64) * scale),
     }
+
+
+def save_model(model: EditingModel, folder: str | Path, *, extra_unets: dict[str, UNet2DConditionModel] | None = None) -> None:
+    """Write a diffusers-format folder (model_index.json and all) that diffusers' pipeline loads too.
+
+    Written under a temporary name and renamed, so a crash never leaves half a model. `extra_unets`
+    are saved beside it (e.g. "unet_non_ema"); pipelines ignore folders model_index.json does not name.
+    """
+    import os
+    import shutil
+
+    from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline
+    import diffusers
+
+    folder = Path(folder)
+    scheduler_class = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        scheduler_class = diffusers.EulerAncestralDiscreteScheduler
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=scheduler_class.from_config(model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    for name, unet in (extra_unets or {}).items():
+        unet.save_pretrained(tmp / name)
+    if folder.exists():  # replace an older export: move it aside first so no moment lacks a model
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)

@@ -1,0 +1,68 @@
+"""The InstructPix2Pix training objective, exactly as the reference trains it.
+
+    target latent z      = VAE posterior *sample* x scaling factor (what the sampler must produce)
+    conditioning latent  = VAE posterior *mode*, unscaled (what the editor feeds at sampling time)
+    loss                 = || unet([noisy z, c_I], t, c_T) - target ||^2, target = noise (or v)
+
+Conditioning dropout, r ~ U[0, 1) per sample, p = conditioning_dropout_prob:
+    r < 2p        -> text replaced by the empty string's encoding   (5% text only, 5% both)
+    p <= r < 3p   -> image latent zeroed                             (5% both, 5% image only)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+    """Give a text-to-image UNet room for the image latent: new input channels start at zero, so the
+    widened UNet computes exactly what it did before; the first channels' weights and the bias are kept
+    (diffusers' training script re-initialises the bias at random, losing the pretrained one)."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def dropout_masks(r: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(drop_text, drop_image) boolean masks from r ~ U[0,1), with the reference's 5/5/5 % split."""
+    return r < 2 * p, (r >= p) & (r < 3 * p)
+
+
+def training_loss(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    target_latents: torch.Tensor,  # posterior sample x scaling factor, (B, 4, h, w)
+    image_latents: torch.Tensor,  # posterior mode, unscaled, (B, 4, h, w)
+    text_embeds: torch.Tensor,  # (B, L, D)
+    null_text_embeds: torch.Tensor,  # (1, L, D): the empty string's encoding
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    r: torch.Tensor,  # U[0,1) per sample, for conditioning dropout
+    conditioning_dropout_prob: float,
+) -> torch.Tensor:
+    drop_text, drop_image = dropout_masks(r, conditioning_dropout_prob)
+    text_embeds = torch.where(drop_text[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
+    image_latents = image_latents * (~drop_image).to(image_latents.dtype)[:, None, None, None]
+
+    noisy = noise_scheduler.add_noise(target_latents, noise, timesteps)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(target_latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    model_input = torch.cat([noisy, image_latents.to(noisy.dtype)], dim=1)
+    prediction = unet(model_input, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
+    return F.mse_loss(prediction.float(), target.float(), reduction="mean")

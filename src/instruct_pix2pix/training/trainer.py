@@ -1,0 +1,291 @@
+"""The training loop: one file, top to bottom, on one CPU, one GPU or many (through accelerate).
+
+Everything random (augmentation, VAE sampling, noise, timesteps, conditioning dropout) comes from
+one CPU generator per process, and the data order is a pure function of (seed, epoch, position),
+so a run resumed from a checkpoint computes exactly the losses of a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.images import to_tensor
+from instruct_pix2pix.models import EditingModel, load_model, read_json, save_model
+from instruct_pix2pix.training.config import TrainConfig
+from instruct_pix2pix.training.objective import training_loss, widen_conv_in
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# --- model -------------------------------------------------------------------------------------
+
+
+def load_parts(config: TrainConfig) -> EditingModel:
+    """The model to train: an editing or text-to-image checkpoint (conv_in widened), or new from configs."""
+    if config.pretrained_model_name_or_path:
+        model = load_model(config.pretrained_model_name_or_path, config=config.pretrained_config, editing_only=False)
+    else:
+        model = build_from_configs(Path(config.from_scratch))
+    widen_conv_in(model.unet, 2 * model.vae.config.latent_channels)
+    return model
+
+
+def build_from_configs(folder: Path) -> EditingModel:
+    """A diffusers folder of configs: the UNet starts at random; VAE and text encoder load their
+    weights when the folder has them (the frozen pretrained parts) and start at random otherwise."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from instruct_pix2pix.models import transformers_class
+
+    def has_weights(part):
+        return any(f.suffix in (".safetensors", ".bin") for f in (folder / part).glob("*"))
+
+    for needed in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json", "tokenizer"):
+        if not (folder / needed).exists():
+            raise UserError(f"from_scratch folder {folder} is missing {needed}")
+    unet = UNet2DConditionModel.from_config(read_json(folder / "unet" / "config.json"))
+    vae = (AutoencoderKL.from_pretrained(folder, subfolder="vae") if has_weights("vae")
+           else AutoencoderKL.from_config(read_json(folder / "vae" / "config.json")))
+    text_class = transformers_class(folder, "text_encoder", "CLIPTextModel")
+    text_encoder = (text_class.from_pretrained(folder / "text_encoder") if has_weights("text_encoder")
+                    else text_class(transformers.AutoConfig.from_pretrained(folder / "text_encoder")))
+    tokenizer = transformers_class(folder, "tokenizer", "CLIPTokenizer").from_pretrained(folder / "tokenizer")
+    return EditingModel(unet, vae, text_encoder, tokenizer, read_json(folder / "scheduler" / "scheduler_config.json"), str(folder))
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def augment_pair(input_image: Image.Image, edited_image: Image.Image, config: TrainConfig, generator: torch.Generator):
+    """The reference's augmentation: both images resized to one random square size, then one shared
+    random crop and one shared random flip."""
+    size = int(torch.randint(config.resolution, (config.max_resize_resolution or config.resolution) + 1, (), generator=generator))
+    pair = to_tensor([image.resize((size, size), Image.Resampling.LANCZOS) for image in (input_image, edited_image)])
+    top, left = (int(torch.randint(0, size - config.resolution + 1, (), generator=generator)) for _ in range(2))
+    pair = pair[:, :, top : top + config.resolution, left : left + config.resolution]
+    if config.random_flip and torch.rand((), generator=generator) < 0.5:
+        pair = pair.flip(-1)
+    return pair[0], pair[1]
+
+
+def batches(dataset, config: TrainConfig, state: dict, rank: int, world_size: int):
+    """Endless (position, examples) batches from where `state` says this process stopped."""
+    while True:
+        batch, yielded = [], state["position"] > 0
+        for position, example in dataset.examples(seed=config.seed, epoch=state["epoch"], start=state["position"],
+                                                  rank=rank, world_size=world_size):
+            batch.append(example)
+            if len(batch) == config.train_batch_size:
+                yield position + 1, batch
+                batch, yielded = [], True
+        if not yielded:
+            raise UserError(
+                f"{config.train_data} gives this process fewer usable examples than train_batch_size={config.train_batch_size}"
+            )
+        state["epoch"] += 1  # an incomplete last batch is dropped, as with drop_last
+        state["position"] = 0
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, generator, limit: int | None):
+    """accelerate's state plus ours, written under a temporary name and renamed: a kill never leaves half a checkpoint."""
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    rank = accelerator.process_index
+    (tmp / f"trainer_state_{rank}.json").write_text(json.dumps({**state, "step": step}))
+    save_file({"generator": generator.get_state()}, tmp / f"generator_{rank}.safetensors")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(output_dir)[: -limit if limit else None] if limit else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(config: TrainConfig) -> Path | None:
+    if not config.resume_from_checkpoint:
+        return None
+    if config.resume_from_checkpoint == "latest":
+        found = checkpoints(Path(config.output_dir))
+        return found[-1] if found else None  # nothing yet: start from the beginning
+    path = Path(config.resume_from_checkpoint)
+    if not path.is_dir():
+        raise UserError(f"no checkpoint folder {path} (use resume_from_checkpoint=latest to take the newest)")
+    return path
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
+    """Train an editing model; returns the folder of the final model (output_dir/model)."""
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=False),
+    )
+    rank, world_size, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+    from instruct_pix2pix.data import open_dataset
+
+    dataset = open_dataset(config.train_data, split=config.train_split, columns=config.data_columns)
+    torch.manual_seed(config.seed)  # the UNet's initialisation when training from scratch
+    model = load_parts(config)
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    unet, vae, text_encoder, tokenizer = model.unet, model.vae, model.text_encoder, model.tokenizer
+    vae.requires_grad_(False).eval().to(device)
+    text_encoder.requires_grad_(False).eval().to(device)
+    unet.train()
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+    )
+    # Warmup, then constant. accelerate steps the scheduler once per process, hence the product.
+    warmup = config.lr_warmup_steps * world_size
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+    ema = None
+    if config.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True,
+                       model_cls=type(unet), model_config=unet.config)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    generator = torch.Generator("cpu").manual_seed(config.seed + 1_000_003 * rank)
+    state = {"epoch": 0, "position": 0, "step": 0}
+    checkpoint = find_checkpoint(config)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / f"trainer_state_{rank}.json").read_text())
+        generator.set_state(load_file(checkpoint / f"generator_{rank}.safetensors")["generator"])
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        keep_metrics_up_to(metrics_path, state["step"])  # lines a killed run wrote after its last checkpoint
+    if config.report_to:
+        accelerator.init_trackers("instruct-pix2pix", config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))})
+
+    with torch.no_grad():
+        null_text_embeds = encode_text(tokenizer, text_encoder, [""], device)
+    data = batches(dataset, config, state, rank, world_size)
+    progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=not (show_progress and accelerator.is_main_process),
+                    desc="training", unit="step")
+    samples_per_step = config.train_batch_size * config.gradient_accumulation_steps * world_size
+    step_losses, started = [], time.perf_counter()
+    while state["step"] < config.max_train_steps:
+        position, examples = next(data)
+        with accelerator.accumulate(unet):
+            loss = batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, generator, device)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        state["position"] = position
+        step_losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+        if not accelerator.sync_gradients:
+            continue
+        state["step"] += 1
+        if ema is not None:
+            ema.step(unet.parameters())
+        elapsed, started = time.perf_counter() - started, time.perf_counter()
+        record = {"step": state["step"], "loss": sum(step_losses) / len(step_losses), "lr": lr_scheduler.get_last_lr()[0],
+                  "epoch": state["epoch"], "samples_per_s": samples_per_step / elapsed}
+        step_losses = []
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if config.report_to:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
+        progress.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
+        progress.update()
+        if state["step"] % config.checkpointing_steps == 0 or state["step"] == config.max_train_steps:
+            save_checkpoint(accelerator, output_dir, state["step"], state, generator, config.checkpoints_total_limit)
+    progress.close()
+
+    final = output_dir / "model"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(unet)
+        extra = {}
+        if ema is not None:  # unet/ holds the EMA weights (what editing uses); unet_non_ema/ the raw ones
+            extra["unet_non_ema"] = trained
+            trained = type(trained).from_config(trained.config)
+            ema.copy_to(trained.parameters())
+        save_model(EditingModel(trained, vae, text_encoder, tokenizer, model.scheduler_config), final, extra_unets=extra)
+    accelerator.end_training()
+    return final
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
+def batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, generator, device):
+    pairs = [augment_pair(e.input_image, e.edited_image, config, generator) for e in examples]
+    inputs = torch.stack([p[0] for p in pairs]).to(device)
+    edited = torch.stack([p[1] for p in pairs]).to(device)
+    with torch.no_grad():
+        text_embeds = encode_text(tokenizer, text_encoder, [e.instruction for e in examples], device)
+        target_latents = sample_posterior(vae.encode(edited).latent_dist, generator) * vae.config.scaling_factor
+        image_latents = vae.encode(inputs).latent_dist.mode()
+    batch = len(examples)
+    noise = torch.randn(target_latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
+    r = torch.rand(batch, generator=generator).to(device)
+    return training_loss(unet, noise_scheduler, target_latents, image_latents, text_embeds, null_text_embeds,
+                         noise, timesteps, r, config.conditioning_dropout_prob)
+
+
+def sample_posterior(distribution, generator: torch.Generator) -> torch.Tensor:
+    """z = mean + std * eps, with eps from our CPU generator (the same on every device)."""
+    eps = torch.randn(distribution.mean.shape, generator=generator).to(distribution.mean)
+    return distribution.mean + distribution.std * eps
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
