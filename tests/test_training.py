@@ -133,3 +133,24 @@ def test_shipped_configs_parse():
     assert (paper.resolution, paper.learning_rate, paper.train_batch_size, paper.gradient_accumulation_steps) == (256, 1e-4, 32, 4)
     assert (paper.ema_decay, paper.conditioning_dropout_prob) == (0.9999, 0.05)
     assert load_config(ROOT / "configs" / "tiny.yaml").from_scratch == "configs/tiny-model"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_dataset, tmp_path):
+    """Real DDP over gloo on the CPU: each process sees its own half of every global batch."""
+    common = ["max_train_steps=3", "gradient_accumulation_steps=1", "use_ema=false", "checkpointing_steps=100"]
+    accelerate = Path(sys.executable).parent / "accelerate"
+    two = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "instruct_pix2pix.training", ROOT / "configs" / "tiny.yaml",
+         *settings(tiny_dataset, tmp_path / "two", train_batch_size=2), *common],
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run_training(settings(tiny_dataset, tmp_path / "one", train_batch_size=4) + common)
+    assert one.wait(timeout=600) == 0, one.stderr.read()
+    assert np.allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+    from diffusers import UNet2DConditionModel
+
+    a = UNet2DConditionModel.from_pretrained(tmp_path / "one" / "model", subfolder="unet").state_dict()
+    b = UNet2DConditionModel.from_pretrained(tmp_path / "two" / "model", subfolder="unet").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -1,8 +1,10 @@
 """The training loop: one file, top to bottom, on one CPU, one GPU or many (through accelerate).
 
-Everything random (augmentation, VAE sampling, noise, timesteps, conditioning dropout) comes from
-one CPU generator per process, and the data order is a pure function of (seed, epoch, position),
-so a run resumed from a checkpoint computes exactly the losses of a run never interrupted.
+The data order is a pure function of (seed, epoch, position), and everything random about an
+example (augmentation, VAE sampling, noise, timestep, conditioning dropout) comes from a generator
+seeded by (seed, epoch, the example's global index). So a run resumed from a checkpoint computes
+exactly the losses of a run never interrupted, and N processes with batch B draw exactly what one
+process with batch N*B draws.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from instruct_pix2pix.errors import UserError
@@ -83,13 +85,20 @@ def augment_pair(input_image: Image.Image, edited_image: Image.Image, config: Tr
     return pair[0], pair[1]
 
 
+def example_generator(seed: int, epoch: int, global_index: int) -> torch.Generator:
+    """The randomness of one example, independent of which process or batch it lands in."""
+    entropy = np.random.SeedSequence([seed, epoch, global_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(entropy[0]) << 31 | int(entropy[1]) >> 1)
+
+
 def batches(dataset, config: TrainConfig, state: dict, rank: int, world_size: int):
-    """Endless (position, examples) batches from where `state` says this process stopped."""
+    """Endless (next position, [(example, generator)]) batches from where `state` says this process stopped."""
     while True:
         batch, yielded = [], state["position"] > 0
-        for position, example in dataset.examples(seed=config.seed, epoch=state["epoch"], start=state["position"],
+        epoch = state["epoch"]
+        for position, example in dataset.examples(seed=config.seed, epoch=epoch, start=state["position"],
                                                   rank=rank, world_size=world_size):
-            batch.append(example)
+            batch.append((example, example_generator(config.seed, epoch, rank + world_size * position)))
             if len(batch) == config.train_batch_size:
                 yield position + 1, batch
                 batch, yielded = [], True
@@ -109,7 +118,7 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, generator, limit: int | None):
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, limit: int | None):
     """accelerate's state plus ours, written under a temporary name and renamed: a kill never leaves half a checkpoint."""
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = output_dir / f".{final.name}.tmp"
@@ -119,7 +128,6 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
     accelerator.save_state(str(tmp))
     rank = accelerator.process_index
     (tmp / f"trainer_state_{rank}.json").write_text(json.dumps({**state, "step": step}))
-    save_file({"generator": generator.get_state()}, tmp / f"generator_{rank}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -176,9 +184,10 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
         unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
-    # Warmup, then constant. accelerate steps the scheduler once per process, hence the product.
-    warmup = config.lr_warmup_steps * world_size
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+    # Warmup, then constant. accelerate steps the scheduler once per process per optimizer step.
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step // world_size + 1) / (config.lr_warmup_steps + 1))
+    )
     ema = None
     if config.use_ema:
         from diffusers.training_utils import EMAModel
@@ -189,13 +198,11 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
         accelerator.register_for_checkpointing(ema)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
-    generator = torch.Generator("cpu").manual_seed(config.seed + 1_000_003 * rank)
     state = {"epoch": 0, "position": 0, "step": 0}
     checkpoint = find_checkpoint(config)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / f"trainer_state_{rank}.json").read_text())
-        generator.set_state(load_file(checkpoint / f"generator_{rank}.safetensors")["generator"])
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         keep_metrics_up_to(metrics_path, state["step"])  # lines a killed run wrote after its last checkpoint
@@ -212,7 +219,7 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
     while state["step"] < config.max_train_steps:
         position, examples = next(data)
         with accelerator.accumulate(unet):
-            loss = batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, generator, device)
+            loss = batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
@@ -238,7 +245,7 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
         progress.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
         progress.update()
         if state["step"] % config.checkpointing_steps == 0 or state["step"] == config.max_train_steps:
-            save_checkpoint(accelerator, output_dir, state["step"], state, generator, config.checkpoints_total_limit)
+            save_checkpoint(accelerator, output_dir, state["step"], state, config.checkpoints_total_limit)
     progress.close()
 
     final = output_dir / "model"
@@ -260,26 +267,24 @@ def encode_text(tokenizer, text_encoder, prompts: list[str], device) -> torch.Te
     return text_encoder(tokens.input_ids.to(device))[0]
 
 
-def batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, generator, device):
-    pairs = [augment_pair(e.input_image, e.edited_image, config, generator) for e in examples]
+def batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device):
+    """The loss of a batch of (example, generator) pairs; each example draws only from its own generator."""
+    pairs = [augment_pair(e.input_image, e.edited_image, config, g) for e, g in examples]
     inputs = torch.stack([p[0] for p in pairs]).to(device)
     edited = torch.stack([p[1] for p in pairs]).to(device)
     with torch.no_grad():
-        text_embeds = encode_text(tokenizer, text_encoder, [e.instruction for e in examples], device)
-        target_latents = sample_posterior(vae.encode(edited).latent_dist, generator) * vae.config.scaling_factor
+        text_embeds = encode_text(tokenizer, text_encoder, [e.instruction for e, _ in examples], device)
+        posterior = vae.encode(edited).latent_dist
         image_latents = vae.encode(inputs).latent_dist.mode()
-    batch = len(examples)
-    noise = torch.randn(target_latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
-    r = torch.rand(batch, generator=generator).to(device)
+    shape = posterior.mean.shape[1:]
+    draws = [(torch.randn(shape, generator=g), torch.randn(shape, generator=g),
+              torch.randint(0, noise_scheduler.config.num_train_timesteps, (), generator=g), torch.rand((), generator=g))
+             for _, g in examples]
+    sample_eps, noise, timesteps, r = (torch.stack(column).to(device) for column in zip(*draws))
+    # z = mean + std * eps: the posterior sample, drawn from our generators (the same on every device)
+    target_latents = (posterior.mean + posterior.std * sample_eps.to(posterior.mean)) * vae.config.scaling_factor
     return training_loss(unet, noise_scheduler, target_latents, image_latents, text_embeds, null_text_embeds,
-                         noise, timesteps, r, config.conditioning_dropout_prob)
-
-
-def sample_posterior(distribution, generator: torch.Generator) -> torch.Tensor:
-    """z = mean + std * eps, with eps from our CPU generator (the same on every device)."""
-    eps = torch.randn(distribution.mean.shape, generator=generator).to(distribution.mean)
-    return distribution.mean + distribution.std * eps
+                         noise.to(target_latents), timesteps, r, config.conditioning_dropout_prob)
 
 
 def keep_metrics_up_to(path: Path, step: int) -> None:
