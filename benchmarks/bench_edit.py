@@ -3,12 +3,12 @@
 One diffusers-format folder (a "small SD": the SD 1.5 block structure at reduced widths, random
 weights) is saved once into a temporary directory and loaded by both. Both edit the same image
 with the same instruction, seed, number of steps and scheduler, in the same process, interleaved
-(ours, diffusers, ours, diffusers, ...) after one warm-up run each; the table shows the median of
---runs runs at image_guidance_scale 1.5 (three UNet branches for both) and 1.0 (diffusers still
-runs three branches, we run two). The warm-up outputs are compared once, as float pixels, so the
-two sides are known to do the same work.
+(who goes first alternates: ours, diffusers, diffusers, ours, ...) after one warm-up run each. The
+table shows the median of --runs runs at image_guidance_scale 1.5 (three UNet branches for both)
+and 1.0 (diffusers still runs three branches, we run two). The warm-up outputs are compared once,
+as float pixels, so the two sides are known to do the same work.
 
-    .venv/bin/python benchmarks/bench_edit.py                        # CPU, small SD, ~3 min on 2 cores
+    .venv/bin/python benchmarks/bench_edit.py                        # CPU, small SD, ~2 min on 2 cores
     .venv/bin/python benchmarks/bench_edit.py --device cuda --full-size   # real SD 1.5 sizes, float16
 
 Random weights time the same as trained ones: the work is the same shapes either way.
@@ -25,18 +25,21 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no import-time notices
 
-import diffusers
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from instruct_pix2pix.editing import SCHEDULERS, Editor, make_scheduler
-from instruct_pix2pix.tokenizers import build_clip_tokenizer
+import diffusers  # noqa: E402
+from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+
+from instruct_pix2pix.editing import SCHEDULERS, Editor, make_scheduler  # noqa: E402
+from instruct_pix2pix.tokenizers import build_clip_tokenizer  # noqa: E402
 
 # SD 1.5's scheduler config (as in tests/conftest.py): the one timbrooks/instruct-pix2pix ships.
 SD15_SCHEDULER_CONFIG = {
@@ -86,8 +89,9 @@ def build_parts(size: str, image_size: int, seed: int = 0) -> dict:
 def save_model(folder: Path, size: str, image_size: int, dtype: torch.dtype) -> dict[str, int]:
     parts = build_parts(size, image_size)
     counts = {name: sum(p.numel() for p in parts[name].parameters()) for name in ("unet", "vae", "text_encoder")}
-    for name in ("unet", "vae", "text_encoder"):
-        parts[name].to(dtype)
+    if dtype != torch.float32:  # saved in float16 for --full-size: half the disk, and both sides load it as float16
+        for name in ("unet", "vae", "text_encoder"):
+            parts[name].to(dtype)
     pipe = StableDiffusionInstructPix2PixPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return counts
@@ -121,6 +125,36 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine have used so far (from /proc/stat), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class OtherLoad:
+    """How many cores other processes kept busy while we ran: a contended machine makes timings noisy."""
+
+    def __enter__(self):
+        self.start = (busy_seconds(), own_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = busy_seconds(), own_seconds(), time.perf_counter()
+        if busy is None or self.start[0] is None:
+            self.cores = None
+        else:
+            self.cores = max(0.0, ((busy - self.start[0]) - (own - self.start[1])) / (wall - self.start[2]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per side and setting (median reported)")
@@ -132,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--image-guidance-scales", type=float, nargs="+", default=[1.5, 1.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.steps < 1:
@@ -140,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     if size % 64:
         parser.error("--size must be a multiple of 64")
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
     import transformers
 
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     device = torch.device(args.device)
     dtype = torch.float16 if args.full_size else torch.float32
@@ -158,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp) / "model"
         counts = save_model(folder, "full" if args.full_size else "small", size, dtype)
         ours = Editor.from_pretrained(folder, device=device, dtype=dtype)
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype
-        ).to(device)
+        with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in all
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                folder, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype
+            ).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
         setup_s = time.perf_counter() - started
@@ -201,26 +241,46 @@ def main(argv: list[str] | None = None) -> int:
             theirs_pixels = run_diffusers(igs, output_type="np").images[0]
             max_diff = float(np.abs(ours_pixels.astype(np.float64) - theirs_pixels.astype(np.float64)).max())
             times_ours, times_diffusers = [], []
-            for _ in range(args.runs):
-                times_ours.append(timed(lambda: run_ours(igs)))
-                times_diffusers.append(timed(lambda: run_diffusers(igs)))
+            with OtherLoad() as load:
+                for run in range(args.runs):
+                    # Interleaved, and who goes first alternates (ours, diffusers, diffusers, ours, ...) so
+                    # that neither side always runs right after the other or gets a drift's better half.
+                    pair = [(times_ours, lambda: run_ours(igs)), (times_diffusers, lambda: run_diffusers(igs))]
+                    for times, fn in pair if run % 2 == 0 else pair[::-1]:
+                        times.append(timed(fn))
             row = {
                 "image_guidance_scale": igs,
                 "ours_median_s": statistics.median(times_ours),
                 "diffusers_median_s": statistics.median(times_diffusers),
+                "ours_min_s": min(times_ours),
+                "diffusers_min_s": min(times_diffusers),
                 "ours_s": times_ours,
                 "diffusers_s": times_diffusers,
                 "max_abs_pixel_diff": max_diff,
+                "other_processes_cores": load.cores,
             }
             row["ratio"] = row["ours_median_s"] / row["diffusers_median_s"]
             rows.append(row)
-            print(f"  igs {igs}: ours {fmt(times_ours)}  diffusers {fmt(times_diffusers)}", flush=True)
+            other = "" if load.cores is None else f"  (other processes kept {load.cores:.2f} cores busy)"
+            print(f"  igs {igs}: ours {fmt(times_ours)}  diffusers {fmt(times_diffusers)}{other}", flush=True)
+
+        # Context for the ratios: one bare UNet forward with 3 and with 2 branches (median of 7, after a warm-up).
+        unet_s = {}
+        unet = ours.model.unet
+        with torch.inference_mode():
+            for branches in (3, 2):
+                latents = torch.randn(branches, unet.config.in_channels, size // 8, size // 8, device=device, dtype=dtype)
+                states = torch.randn(branches, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+                step = lambda: unet(latents, 500, encoder_hidden_states=states, return_dict=False)  # noqa: E731
+                step()
+                unet_s[branches] = statistics.median(timed(step) for _ in range(7))
+        del ours, pipe
 
     total_s = time.perf_counter() - started
     print()
     print(f"{'setting':<28} {'ours median s':>14} {'diffusers median s':>19} {'ours/diffusers':>15} {'max |Δpixel|':>13}")
     for row in rows:
-        setting = f"image_guidance_scale {row['image_guidance_scale']:g}"
+        setting = f"image_guidance_scale {row['image_guidance_scale']}"
         print(
             f"{setting:<28} {row['ours_median_s']:>14.3f} {row['diffusers_median_s']:>19.3f} "
             f"{row['ratio']:>15.3f} {row['max_abs_pixel_diff']:>13.2e}"
@@ -231,7 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
         f"torch {info['torch']}, diffusers {info['diffusers']}, device {info['device']}{gpu}"
     )
-    print(f"median of {args.runs} interleaved runs after one warm-up each; total {total_s:.0f} s")
+    print(f"median of {args.runs} interleaved runs (ours first, then diffusers first, ...) after one warm-up each; total {total_s:.0f} s")
+    unet_share = args.steps * unet_s[3] / statistics.median(row["diffusers_median_s"] for row in rows)
+    print(
+        f"one UNet forward: 3 branches {unet_s[3]:.3f} s, 2 branches {unet_s[2]:.3f} s (ratio {unet_s[2] / unet_s[3]:.3f}); "
+        f"the UNet is about {unet_share:.0%} of a diffusers edit"
+    )
+    loads = [row["other_processes_cores"] for row in rows if row["other_processes_cores"] is not None]
+    if loads and max(loads) > 0.25:
+        print(f"warning: other processes kept up to {max(loads):.2f} cores busy during the timed runs; the timings are noisy "
+              "(run it on a quiet machine, or with --threads 1 to be less sensitive to one busy neighbour)")
     if args.full_size:
         print("note: our Editor keeps the VAE in float32 under float16 (the SD VAE overflows in float16); diffusers runs it in float16")
 
@@ -239,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "model": model_name, "parameters": counts, "widths": spec, "image_size": size, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance_scale, "dtype": str(dtype).removeprefix("torch."),
-            "runs": args.runs, "machine": info, "results": rows, "setup_s": setup_s, "total_s": total_s,
+            "runs": args.runs, "machine": info, "results": rows,
+            "unet_forward_s": {f"{b}_branches": t for b, t in unet_s.items()}, "setup_s": setup_s, "total_s": total_s,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
