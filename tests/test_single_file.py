@@ -280,6 +280,17 @@ def test_text_to_image_checkpoint_is_refused(tiny, tmp_path):
         load_single_file(tmp_path / "txt2img.safetensors", config_dir=tiny["config_dir"])
 
 
+def test_text_to_image_checkpoint_loads_when_its_channels_are_given(tiny, tmp_path):
+    """What training from a text-to-image single file does: the editing configs, with 4 input channels."""
+    unet, vae, text_encoder = _tiny_models(in_channels=4)
+    save_single_file(unet, vae, text_encoder, tmp_path / "txt2img.safetensors")
+    components = load_single_file(tmp_path / "txt2img.safetensors", config_dir=tiny["config_dir"], in_channels=4)
+    assert components["unet"].config.in_channels == 4
+    _assert_all_identical({"unet": unet, "vae": vae, "text_encoder": text_encoder}, components)
+    with pytest.raises(UserError, match="its UNet takes 8 input channels, this configuration expects 4"):
+        load_single_file(tiny["path"], config_dir=tiny["config_dir"], in_channels=4)
+
+
 def test_missing_file(tiny, tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_single_file(tmp_path / "nope.safetensors", config_dir=tiny["config_dir"])

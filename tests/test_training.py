@@ -88,8 +88,11 @@ def test_resume_after_sigkill_gives_the_same_losses(tiny_dataset, tmp_path):
     done = run_training(settings(tiny_dataset, whole) + steps)
     assert done.wait(timeout=600) == 0, done.stderr.read()
 
+    # The interrupted run also saves validation grids (the uninterrupted one does not): they must not
+    # move any random stream, so its losses still equal those of the run without them.
     killed = tmp_path / "killed"
-    run = run_training(settings(tiny_dataset, killed) + steps)
+    steps_killed = steps + ["validation_steps=4", "validation_prompts=['make it red']", "validation_inference_steps=2"]
+    run = run_training(settings(tiny_dataset, killed) + steps_killed)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -97,10 +100,11 @@ def test_resume_after_sigkill_gives_the_same_losses(tiny_dataset, tmp_path):
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert len(losses(killed)) < 6  # it really died mid-way
-    resumed = run_training(settings(tiny_dataset, killed) + steps + ["resume_from_checkpoint=latest"])
+    resumed = run_training(settings(tiny_dataset, killed) + steps_killed + ["resume_from_checkpoint=latest"])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert losses(killed) == losses(whole)
     assert len(losses(whole)) == 6
+    assert sorted(p.name for p in (killed / "validation").glob("step-*.png")) == ["step-000004.png", "step-000006.png"]
 
 
 def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_path):
@@ -154,3 +158,89 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_dataset, tmp_pa
     a = UNet2DConditionModel.from_pretrained(tmp_path / "one" / "model", subfolder="unet").state_dict()
     b = UNet2DConditionModel.from_pretrained(tmp_path / "two" / "model", subfolder="unet").state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_validation_grid_is_saved_every_n_steps_and_at_the_end(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    inputs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, path in enumerate(inputs):
+        scene(48, 40, seed).save(path)
+    config = load_config(None, settings(tiny_dataset, out, max_train_steps=3, gradient_accumulation_steps=1, validation_steps=2,
+                                        validation_prompts=["make it red", "add fireworks"], validation_inference_steps=2,
+                                        validation_images=[str(p) for p in inputs]))
+    train(config, show_progress=False)
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000002.png", "step-000003.png"]  # no temporary files
+    grid = Image.open(out / "validation" / "step-000003.png")
+    assert grid.size == (3 * 128, 16 + 2 * 128)  # columns: input, one per prompt; rows: images; a label band on top
+    assert json.loads(grid.text["prompts"]) == ["make it red", "add fireworks"]
+    pixels = np.asarray(grid.convert("RGB")).astype(int)
+    cells = [pixels[16 + row * 128 : 16 + (row + 1) * 128, col * 128 : (col + 1) * 128] for row in range(2) for col in range(3)]
+    assert all(np.abs(a - b).max() > 0 for i, a in enumerate(cells) for b in cells[i + 1 :])  # six different pictures
+
+
+def test_cached_latents_give_the_losses_of_an_uncached_run(tiny_dataset, tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    encoded = []
+    encode = AutoencoderKL.encode
+    monkeypatch.setattr(AutoencoderKL, "encode", lambda self, x, *a, **k: encoded.append(len(x)) or encode(self, x, *a, **k))
+    runs = {}
+    for cache in (False, True):
+        encoded.clear()
+        # 21 training examples (the reference split of 24), 4 per step: steps 6-8 are in the second epoch
+        out = tmp_path / f"cache-{cache}"
+        train(load_config(None, settings(tiny_dataset, out, max_train_steps=8, gradient_accumulation_steps=1, train_batch_size=4,
+                                         random_flip=False, max_resize_resolution=None, use_ema=False, cache_latents=cache)),
+              show_progress=False)
+        runs[cache] = losses(out), sum(encoded)
+    # images through the VAE: two per example and step / two per example, once (20 or 21 examples seen)
+    assert runs[False][1] == 8 * 4 * 2 and 20 * 2 <= runs[True][1] <= 21 * 2
+    assert np.allclose(runs[True][0], runs[False][0], rtol=1e-5, atol=0)
+
+
+def test_cache_needs_augmentation_off(tmp_path):
+    with pytest.raises(UserError, match="cache_latents needs augmentation off"):
+        load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", "cache_latents=true"])  # tiny.yaml flips
+    with pytest.raises(UserError, match="cache_latents needs augmentation off"):
+        load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", "cache_latents=true", "random_flip=false"])
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["cache_latents=true", "random_flip=false", "max_resize_resolution=none"])
+    assert config.cache_latents
+
+
+def test_help_settings_lists_every_setting(capsys):
+    import dataclasses
+
+    from instruct_pix2pix.cli import main
+    from instruct_pix2pix.training import TrainConfig
+
+    assert main(["train", "--help-settings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for f in dataclasses.fields(TrainConfig):
+        assert any(line.split()[:1] == [f.name] for line in lines), f.name
+    row = next(line for line in lines if line.split()[:1] == ["checkpoints_total_limit"])
+    assert row.split()[1:5] == ["int", "|", "None", "3"] and row.endswith("keep the newest this many checkpoints (none: keep all)")
+    assert "model: start from a text-to-image or editing checkpoint, or from scratch" in lines
+
+
+def test_training_starts_from_a_text_to_image_single_file(tiny_dataset, tmp_path):
+    """A 4-channel (text-to-image) checkpoint in the CompVis layout is read with the editing model's
+    configs, and its conv_in is widened to 8 channels: new weights zero, the rest kept."""
+    from diffusers import UNet2DConditionModel
+
+    from instruct_pix2pix.single_file import save_single_file
+    from instruct_pix2pix.training.trainer import build_from_configs, load_parts
+
+    torch.manual_seed(0)
+    parts = build_from_configs(TINY_MODEL)
+    text_to_image = UNet2DConditionModel.from_config({**parts.unet.config, "in_channels": 4})
+    checkpoint = tmp_path / "sd.safetensors"
+    save_single_file(text_to_image, parts.vae, parts.text_encoder, checkpoint)
+    config = load_config(None, settings(tiny_dataset, tmp_path / "run", from_scratch=None, pretrained_model_name_or_path=checkpoint,
+                                        pretrained_config=TINY_MODEL, max_train_steps=1, use_ema=False))
+    unet = load_parts(config).unet
+    assert unet.config.in_channels == 8
+    assert torch.equal(unet.conv_in.weight[:, :4], text_to_image.conv_in.weight) and torch.all(unet.conv_in.weight[:, 4:] == 0)
+    before = text_to_image.state_dict()
+    assert all(torch.equal(value, before[key]) for key, value in unet.state_dict().items() if key != "conv_in.weight")
+    final = train(config, show_progress=False)
+    assert Editor.from_pretrained(final, device="cpu").model.unet.config.in_channels == 8

@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train an editing model",
                                 description="Train an editing model from CONFIG.yaml; key=value pairs override its settings.")
-    train.add_argument("config", help="YAML file of settings (see configs/)")
+    train.add_argument("config", nargs="?", help="YAML file of settings (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.add_argument("--help-settings", action="store_true", help="list every setting with its type, default and meaning")
 
     export = commands.add_parser("export", help="write a model as one .safetensors file (CompVis layout)",
                                  description="Write MODEL in the single-file layout the original code, AUTOMATIC1111 and ComfyUI read.")
@@ -174,7 +175,13 @@ def quiet_libraries() -> None:
 
 def run_train(args) -> None:
     from instruct_pix2pix.training import load_config, train
+    from instruct_pix2pix.training.config import settings_help
 
+    if args.help_settings:
+        print(settings_help())
+        return
+    if args.config is None:
+        raise UserError("give a config file, e.g. ip2p train configs/tiny.yaml (settings: ip2p train --help-settings)")
     print(train(load_config(args.config, args.overrides)))
 
 

@@ -41,20 +41,24 @@ _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 # --------------------------------------------------------------------------------------------------
 
 
-def load_single_file(path, config_dir=SD15_CONFIG_DIR, *, dtype: torch.dtype = torch.float32) -> dict:
+def load_single_file(path, config_dir=SD15_CONFIG_DIR, *, dtype: torch.dtype = torch.float32, in_channels: int | None = None) -> dict:
     """Build {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} from a CompVis-layout checkpoint.
 
     ``config_dir`` is a diffusers-format folder without weights (unet/, vae/, text_encoder/ configs,
     tokenizer/ files and scheduler/ config); the default describes ``timbrooks/instruct-pix2pix``.
+    ``in_channels`` replaces the UNet config's input channels: 4 reads a text-to-image checkpoint
+    (to train an editing model from) with the editing model's configs.
     Keys outside the three model prefixes (``model_ema.*``, optimizer leftovers, ...) are ignored.
     """
     path = Path(path)
     config_dir = Path(config_dir)
     unet_config = _read_config_dir(config_dir)
+    if in_channels is not None:
+        unet_config["in_channels"] = in_channels
     state = _read_state_dict(path)
     _check_layout(state, path)
     _check_in_channels(state, path, unet_config.get("in_channels", _EDITING_IN_CHANNELS))
-    _check_against_config(state, path, config_dir)
+    _check_against_config(state, path, config_dir, unet_config)
 
     # Imported here so that importing this module stays cheap.
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -69,7 +73,8 @@ def load_single_file(path, config_dir=SD15_CONFIG_DIR, *, dtype: torch.dtype = t
         with _quiet_diffusers():
             # A state dict (not a path) goes in: diffusers neither reads the file nor looks anything up
             # online, and `config` is a local folder, read with local_files_only.
-            unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
+            overrides = {} if in_channels is None else {"in_channels": in_channels}
+            unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", **overrides, **common)
             vae = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
             # The converter `StableDiffusionPipeline.from_single_file` uses for a CLIP text encoder; it
             # handles both the `text_model.`-wrapped (transformers < 5.6) and the flat CLIPTextModel.
@@ -193,7 +198,7 @@ def _check_in_channels(state: dict, path: Path, expected: int) -> None:
         )
 
 
-def _check_against_config(state: dict, path: Path, config_dir: Path) -> None:
+def _check_against_config(state: dict, path: Path, config_dir: Path, unet_config: dict) -> None:
     """Every weight the configured models need is in the checkpoint, with a fitting shape.
 
     The expected names come from this module's writer, applied to the models built (without memory)
@@ -206,7 +211,7 @@ def _check_against_config(state: dict, path: Path, config_dir: Path) -> None:
 
     try:
         with init_empty_weights(), _quiet_diffusers():
-            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir / "unet")))
+            unet = UNet2DConditionModel.from_config(unet_config)
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir / "vae")))
             text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
     except (OSError, ValueError, TypeError, KeyError) as exc:

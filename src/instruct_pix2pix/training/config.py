@@ -6,6 +6,9 @@ Setting names follow diffusers' `train_instruct_pix2pix.py` where it has one, so
 from __future__ import annotations
 
 import dataclasses
+import json
+import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,41 +21,44 @@ from instruct_pix2pix.errors import UserError
 @dataclass
 class TrainConfig:
     # --- model: start from a text-to-image or editing checkpoint, or from scratch ---
-    pretrained_model_name_or_path: str | None = None  # folder, hub id or single file
-    pretrained_config: str | None = None  # diffusers config folder for a single file
+    pretrained_model_name_or_path: str | None = None  # folder, hub id or single file (text-to-image: conv_in is widened 4 -> 8)
+    pretrained_config: str | None = None  # diffusers config folder for a single file (default: SD 1.5's)
     from_scratch: str | None = None  # a diffusers-format folder of configs (+ tokenizer, and VAE/text encoder weights)
     # --- data ---
     train_data: str = ""  # parquet folder/files, a `datasets` folder or hub id, or the reference on-disk format
-    train_split: str = "train"
+    train_split: str = "train"  # the split to read (the reference on-disk format splits 90/5/5 into train/val/test)
     data_columns: dict[str, str] | None = None  # our field -> their column, for other schemas
     resolution: int = 256  # the crop the model sees
     max_resize_resolution: int | None = None  # resize to a random size in [resolution, this] before the crop
-    random_flip: bool = True
+    random_flip: bool = True  # one shared random horizontal flip of the input and the edited image
+    cache_latents: bool = False  # encode each example (VAE posterior, text) once and reuse it; needs augmentation off
     # --- objective ---
-    conditioning_dropout_prob: float = 0.05
+    conditioning_dropout_prob: float = 0.05  # p: 5% text dropped, 5% both, 5% image (at 0.05)
     # --- optimisation ---
-    output_dir: str = "runs/ip2p"
-    max_train_steps: int = 1000
+    output_dir: str = "runs/ip2p"  # checkpoints, metrics.jsonl, validation/ and the final model/
+    max_train_steps: int = 1000  # optimizer steps
     train_batch_size: int = 4  # per process
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-4  # AdamW, constant after the warmup
+    lr_warmup_steps: int = 0  # linear warmup, in optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    use_ema: bool = False
+    max_grad_norm: float = 1.0  # gradient clipping
+    use_ema: bool = False  # keep an EMA of the UNet (with warmup); model/unet holds it, model/unet_non_ema the raw weights
     ema_decay: float = 0.9999
     mixed_precision: str = "no"  # no, fp16, bf16
-    gradient_checkpointing: bool = False
-    seed: int = 0
+    gradient_checkpointing: bool = False  # less memory, more compute
+    seed: int = 0  # data order, augmentation, noise, dropout and the initialisation from scratch
     # --- bookkeeping ---
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
+    checkpointing_steps: int = 500  # save a checkpoint every this many optimizer steps (and at the end)
+    checkpoints_total_limit: int | None = 3  # keep the newest this many checkpoints (none: keep all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    validation_steps: int = 0  # 0: none
-    validation_prompts: list[str] = field(default_factory=list)
+    validation_steps: int = 0  # save a grid of validation edits every this many optimizer steps (and at the end); 0: none
+    validation_prompts: list[str] = field(default_factory=list)  # the instructions of the grid's columns
+    validation_images: list[str] = field(default_factory=list)  # the grid's input images (default: the first 4 training inputs)
+    validation_inference_steps: int = 20  # sampling steps of a validation edit (fixed seed: the run's seed)
     report_to: str | None = None  # "tensorboard" when installed
     dataloader_num_workers: int = 0
 
@@ -68,6 +74,15 @@ class TrainConfig:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        if self.max_resize_resolution is not None and self.max_resize_resolution < self.resolution:
+            raise UserError(f"max_resize_resolution ({self.max_resize_resolution}) must be at least resolution ({self.resolution})")
+        if self.cache_latents and (self.random_flip or (self.max_resize_resolution or self.resolution) > self.resolution):
+            raise UserError("cache_latents needs augmentation off (random_flip=false, max_resize_resolution=none): "
+                            "a cached example must look the same every epoch")
+        if self.validation_steps < 0 or self.validation_inference_steps < 1:
+            raise UserError("validation_steps must be 0 (none) or more, and validation_inference_steps at least 1")
+        if self.validation_steps and not self.validation_prompts:
+            raise UserError("validation_steps is set but validation_prompts is empty: give the instructions to edit with")
 
 
 def _convert(value, annotation, name: str):
@@ -127,3 +142,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     config = TrainConfig(**{key: _convert(value, hints[key], key) for key, value in values.items()})
     config.check()
     return config
+
+
+def settings_help() -> str:
+    """Every setting with its type, default and the comment beside it above (`ip2p train --help-settings`)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    rows = []  # (name, type, default, comment), or a section title alone
+    for line in inspect.getsource(TrainConfig).splitlines():
+        if section := re.match(r"\s*# --- (.*) ---$", line):
+            rows.append(section[1])
+        elif (setting := re.match(r"\s*(\w+): .*?(?:  # (.*))?$", line)) and setting[1] in fields:
+            f = fields[setting[1]]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((f.name, str(f.type), "none" if default is None else json.dumps(default), setting[2] or ""))
+    widths = [max(len(row[k]) for row in rows if isinstance(row, tuple)) for k in range(3)]
+    lines = ["Settings of `ip2p train CONFIG.yaml [key=value ...]` (YAML keys or key=value overrides):"]
+    for row in rows:
+        if isinstance(row, str):
+            lines.append(f"\n{row}")
+        else:
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return "\n".join(line.rstrip() for line in lines)

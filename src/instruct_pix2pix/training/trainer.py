@@ -5,15 +5,21 @@ example (augmentation, VAE sampling, noise, timestep, conditioning dropout) come
 seeded by (seed, epoch, the example's global index). So a run resumed from a checkpoint computes
 exactly the losses of a run never interrupted, and N processes with batch B draw exactly what one
 process with batch N*B draws.
+
+Every `validation_steps` steps the main process edits a few fixed images with the current (EMA)
+weights and saves a labelled grid. With `cache_latents` (augmentation off) each example's VAE
+posterior and text encoding are computed once and kept in memory.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,12 +27,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.images import to_tensor
-from instruct_pix2pix.models import EditingModel, load_model, read_json, save_model
+from instruct_pix2pix.errors import EditWarning, UserError
+from instruct_pix2pix.images import load_image, save_png, to_tensor
+from instruct_pix2pix.models import EditingModel, load_model, read_json, resolve_source, save_model, single_file_in_channels
 from instruct_pix2pix.training.config import TrainConfig
 from instruct_pix2pix.training.objective import training_loss, widen_conv_in
 
@@ -38,12 +44,27 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 def load_parts(config: TrainConfig) -> EditingModel:
     """The model to train: an editing or text-to-image checkpoint (conv_in widened), or new from configs."""
-    if config.pretrained_model_name_or_path:
-        model = load_model(config.pretrained_model_name_or_path, config=config.pretrained_config, editing_only=False)
+    source = config.pretrained_model_name_or_path
+    if source and resolve_source(source)[0] == "file":
+        model = load_single_file_to_train(Path(source), config.pretrained_config)
+    elif source:
+        model = load_model(source, config=config.pretrained_config, editing_only=False)
     else:
         model = build_from_configs(Path(config.from_scratch))
-    widen_conv_in(model.unet, 2 * model.vae.config.latent_channels)
+    latent_channels = model.vae.config.latent_channels
+    if model.unet.config.in_channels not in (latent_channels, 2 * latent_channels):
+        raise UserError(f"{source or config.from_scratch} has a UNet with {model.unet.config.in_channels} input channels; training starts from "
+                        f"a text-to-image ({latent_channels}) or an editing ({2 * latent_channels}) model")
+    widen_conv_in(model.unet, 2 * latent_channels)
     return model
+
+
+def load_single_file_to_train(path: Path, config_dir: str | None) -> EditingModel:
+    """A single-file checkpoint, text-to-image (4 channels) or editing (8), read with the editing model's configs."""
+    from instruct_pix2pix import single_file
+
+    parts = single_file.load_single_file(path, config_dir or single_file.SD15_CONFIG_DIR, in_channels=single_file_in_channels(path))
+    return EditingModel(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], dict(parts["scheduler"].config), str(path))
 
 
 def build_from_configs(folder: Path) -> EditingModel:
@@ -75,10 +96,13 @@ def build_from_configs(folder: Path) -> EditingModel:
 
 def augment_pair(input_image: Image.Image, edited_image: Image.Image, config: TrainConfig, generator: torch.Generator):
     """The reference's augmentation: both images resized to one random square size, then one shared
-    random crop and one shared random flip."""
-    size = int(torch.randint(config.resolution, (config.max_resize_resolution or config.resolution) + 1, (), generator=generator))
+    random crop and one shared random flip. Without augmentation nothing is drawn (so cached
+    examples draw their noise exactly as uncached ones do) and the pair is just resized."""
+    size, top, left = config.resolution, 0, 0
+    if (config.max_resize_resolution or config.resolution) > config.resolution:
+        size = int(torch.randint(config.resolution, config.max_resize_resolution + 1, (), generator=generator))
+        top, left = (int(torch.randint(0, size - config.resolution + 1, (), generator=generator)) for _ in range(2))
     pair = to_tensor([image.resize((size, size), Image.Resampling.LANCZOS) for image in (input_image, edited_image)])
-    top, left = (int(torch.randint(0, size - config.resolution + 1, (), generator=generator)) for _ in range(2))
     pair = pair[:, :, top : top + config.resolution, left : left + config.resolution]
     if config.random_flip and torch.rand((), generator=generator) < 0.5:
         pair = pair.flip(-1)
@@ -169,6 +193,9 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
     from instruct_pix2pix.data import open_dataset
 
     dataset = open_dataset(config.train_data, split=config.train_split, columns=config.data_columns)
+    if config.cache_latents and "streamed" in dataset.kind:  # its examples have no lasting identity, and no end
+        raise UserError(f"cache_latents needs a dataset on disk, not the streamed {config.train_data}; download it first")
+    validation_images = validation_inputs(config, dataset) if config.validation_steps else []  # on every process: errors alike
     torch.manual_seed(config.seed)  # the UNet's initialisation when training from scratch
     model = load_parts(config)
     from diffusers import DDPMScheduler
@@ -212,6 +239,7 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
     with torch.no_grad():
         null_text_embeds = encode_text(tokenizer, text_encoder, [""], device)
     data = batches(dataset, config, state, rank, world_size)
+    cache = {} if config.cache_latents else None
     progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=not (show_progress and accelerator.is_main_process),
                     desc="training", unit="step")
     samples_per_step = config.train_batch_size * config.gradient_accumulation_steps * world_size
@@ -219,7 +247,7 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
     while state["step"] < config.max_train_steps:
         position, examples = next(data)
         with accelerator.accumulate(unet):
-            loss = batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device)
+            loss = batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device, cache)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
@@ -244,7 +272,13 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state["step"])
         progress.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
         progress.update()
-        if state["step"] % config.checkpointing_steps == 0 or state["step"] == config.max_train_steps:
+        last = state["step"] == config.max_train_steps
+        if config.validation_steps and (state["step"] % config.validation_steps == 0 or last):
+            if accelerator.is_main_process:
+                parts = EditingModel(accelerator.unwrap_model(unet), vae, text_encoder, tokenizer, model.scheduler_config)
+                save_validation_grid(config, state["step"], validation_images, parts, ema, device)
+            started = time.perf_counter()  # the grid's time is not the next step's
+        if state["step"] % config.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, output_dir, state["step"], state, config.checkpoints_total_limit)
     progress.close()
 
@@ -262,27 +296,112 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
     return final
 
 
+# --- validation --------------------------------------------------------------------------------
+
+VALIDATION_IMAGES = 4  # without validation_images: the inputs of the first training examples
+GRID_CELL = 128  # the smallest side of a grid cell, in pixels, so that its label fits
+
+
+def validation_inputs(config: TrainConfig, dataset) -> list[Image.Image]:
+    """The grid's fixed input images, center-cropped to training's square at its resolution."""
+    if config.validation_images:
+        images = [load_image(path) for path in config.validation_images]
+    else:
+        first = itertools.islice(dataset.examples(seed=config.seed, epoch=0), VALIDATION_IMAGES)
+        images = [example.input_image for _, example in first]
+    return [ImageOps.fit(image, (config.resolution, config.resolution), Image.Resampling.LANCZOS) for image in images]
+
+
+def save_validation_grid(config: TrainConfig, step: int, images: list[Image.Image], model: EditingModel, ema, device) -> None:
+    """Edit every validation image with every validation prompt, with the EMA weights when there
+    are some, and save the grid as output_dir/validation/step-NNNNNN.png. The UNet is the one being
+    trained: its weights, mode and requires_grad flags are put back afterwards."""
+    from instruct_pix2pix.editing import Editor, NumericalError
+
+    unet, prompts = model.unet, config.validation_prompts
+    requires_grad = [p.requires_grad for p in unet.parameters()]
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    try:
+        # The editor draws only from its own seeded generators; fork_rng makes sure nothing else moves.
+        with torch.random.fork_rng(devices=[]):
+            result = Editor(model, device).edit(
+                [image for _ in prompts for image in images], [prompt for prompt in prompts for _ in images],
+                seed=config.seed, num_inference_steps=config.validation_inference_steps, keep_size=True,
+                batch_size=config.train_batch_size, show_progress=False,
+            )
+    except NumericalError as error:  # a diverging or float16 model: say so, and keep training
+        warnings.warn(f"no validation grid at step {step}: {error}", EditWarning)
+        return
+    finally:
+        if ema is not None:
+            ema.restore(unet.parameters())
+        unet.train()
+        for parameter, flag in zip(unet.parameters(), requires_grad):
+            parameter.requires_grad_(flag)
+    columns = [images] + [result.images[k * len(images) : (k + 1) * len(images)] for k in range(len(prompts))]
+    grid = labelled_grid([f"step {step}: input", *prompts], columns)
+    path = Path(config.output_dir) / "validation" / f"step-{step:06d}.png"
+    save_png(grid, path, {"step": str(step), "prompts": json.dumps(prompts)})  # atomically: temporary name, then rename
+
+
+def labelled_grid(labels: list[str], columns: list[list[Image.Image]]) -> Image.Image:
+    """Columns of equal square images side by side, each under its label (cut to the column's width)."""
+    from PIL import ImageDraw, ImageFont
+
+    cell, band = max(GRID_CELL, columns[0][0].width), 16
+    grid = Image.new("RGB", (cell * len(columns), band + cell * len(columns[0])), "white")
+    draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+    for x, (label, column) in enumerate(zip(labels, columns)):
+        while draw.textlength(label, font=font) > cell - 4:
+            label = label[:-4] + "..."
+        draw.text((x * cell + 2, 2), label, fill="black", font=font)
+        for y, image in enumerate(column):
+            grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (x * cell, band + y * cell))
+    return grid
+
+
 def encode_text(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
     tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
     return text_encoder(tokens.input_ids.to(device))[0]
 
 
-def batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device):
-    """The loss of a batch of (example, generator) pairs; each example draws only from its own generator."""
+@torch.no_grad()
+def encode_batch(examples, config, vae, text_encoder, tokenizer, device):
+    """What the frozen parts make of a batch: the edited image's posterior (mean, std), the input
+    image's posterior mode, and the instruction's encoding."""
     pairs = [augment_pair(e.input_image, e.edited_image, config, g) for e, g in examples]
-    inputs = torch.stack([p[0] for p in pairs]).to(device)
-    edited = torch.stack([p[1] for p in pairs]).to(device)
-    with torch.no_grad():
-        text_embeds = encode_text(tokenizer, text_encoder, [e.instruction for e, _ in examples], device)
-        posterior = vae.encode(edited).latent_dist
-        image_latents = vae.encode(inputs).latent_dist.mode()
-    shape = posterior.mean.shape[1:]
+    posterior = vae.encode(torch.stack([p[1] for p in pairs]).to(device)).latent_dist
+    image_latents = vae.encode(torch.stack([p[0] for p in pairs]).to(device)).latent_dist.mode()
+    text_embeds = encode_text(tokenizer, text_encoder, [e.instruction for e, _ in examples], device)
+    return posterior.mean, posterior.std, image_latents, text_embeds
+
+
+def encode_cached(examples, config, vae, text_encoder, tokenizer, device, cache: dict):
+    """encode_batch, each example encoded once (in CPU memory, by its key): without augmentation an
+    example looks the same every epoch. The posterior's parameters are kept, not a sample, so the
+    target is still a fresh sample each time."""
+    missing = [(e, g) for e, g in examples if e.key not in cache]
+    if missing:
+        for (e, _), *encoded in zip(missing, *encode_batch(missing, config, vae, text_encoder, tokenizer, device)):
+            cache[e.key] = [t.to("cpu", copy=True) for t in encoded]
+    return [torch.stack(column).to(device) for column in zip(*(cache[e.key] for e, _ in examples))]
+
+
+def batch_loss(examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device, cache=None):
+    """The loss of a batch of (example, generator) pairs; each example draws only from its own generator."""
+    if cache is None:
+        mean, std, image_latents, text_embeds = encode_batch(examples, config, vae, text_encoder, tokenizer, device)
+    else:
+        mean, std, image_latents, text_embeds = encode_cached(examples, config, vae, text_encoder, tokenizer, device, cache)
+    shape = mean.shape[1:]
     draws = [(torch.randn(shape, generator=g), torch.randn(shape, generator=g),
               torch.randint(0, noise_scheduler.config.num_train_timesteps, (), generator=g), torch.rand((), generator=g))
              for _, g in examples]
     sample_eps, noise, timesteps, r = (torch.stack(column).to(device) for column in zip(*draws))
     # z = mean + std * eps: the posterior sample, drawn from our generators (the same on every device)
-    target_latents = (posterior.mean + posterior.std * sample_eps.to(posterior.mean)) * vae.config.scaling_factor
+    target_latents = (mean + std * sample_eps.to(mean)) * vae.config.scaling_factor
     return training_loss(unet, noise_scheduler, target_latents, image_latents, text_embeds, null_text_embeds,
                          noise.to(target_latents), timesteps, r, config.conditioning_dropout_prob)
 
