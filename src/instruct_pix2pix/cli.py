@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("items", nargs="+", metavar="INPUT... INSTRUCTION", help="image files or folders, then the instruction")
     edit.add_argument("-o", "--output", required=True, help="output .png (one result) or folder (several)")
     edit.add_argument("--then", action="append", default=[], metavar="INSTRUCTION", help="apply another instruction after (repeatable)")
-    edit.add_argument("--model", help="diffusers folder, hub id (timbrooks/instruct-pix2pix) or .safetensors/.ckpt file")
+    edit.add_argument("--model", help="diffusers folder, hub id (timbrooks/instruct-pix2pix) or .safetensors/.ckpt file "
+                      "(default: the small-world model shipped with the package)")
     edit.add_argument("--config", help="diffusers config folder for a single-file checkpoint (default: SD 1.5 InstructPix2Pix)")
     edit.add_argument("--steps", type=positive_int, default=100, help="sampling steps (default 100)")
     edit.add_argument("--text-cfg", type=float, default=7.5, help="text guidance scale (default 7.5)")
@@ -77,8 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
+    world = commands.add_parser("world", help="the small world: sample scenes, write datasets, evaluate against ground truth",
+                                description="The small world: procedural scenes with an exact result for every edit.")
+    actions = world.add_subparsers(dest="world_command", required=True, parser_class=Parser)
+    sample = actions.add_parser("sample", help="write scenes and their edits as PNGs, with a labelled sheet")
+    sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")
+    sample.add_argument("--count", type=positive_int, default=2, help="edits of each kind (default: 2)")
+    sample.add_argument("--seed", type=int, default=0)
+    generate = actions.add_parser("generate", help="write a training dataset (parquet or the reference format)")
+    generate.add_argument("output", help="folder to write")
+    generate.add_argument("--count", type=positive_int, default=40_000, help="number of edits (default: 40000)")
+    generate.add_argument("--split", default="train", help="train (the default), or any other name for scenes training never sees")
+    generate.add_argument("--format", choices=("parquet", "reference"), default="parquet")
+    demo = actions.add_parser("demo", help="edit a sample scene several ways; one labelled grid with the ground truth")
+    demo.add_argument("-o", "--output", default="demo.png", help="PNG to write (default: demo.png)")
+    demo.add_argument("--model", default=None, help="model to use (default: the shipped small-world model)")
+    demo.add_argument("--seed", type=int, default=0, help="which sample scene (default: 0)")
+    demo.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
+    evaluate = actions.add_parser("evaluate", help="edit held-out scenes and score every edit kind against ground truth")
+    evaluate.add_argument("--model", default=None, help="model to evaluate (default: the shipped small-world model)")
+    evaluate.add_argument("--per-kind", type=positive_int, default=40, help="held-out edits of each kind (default: 40)")
+    evaluate.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
+    evaluate.add_argument("--text-cfg", type=float, default=7.5)
+    evaluate.add_argument("--image-cfg", type=float, default=1.5)
+    evaluate.add_argument("-o", "--output", default="world-evaluation", help="folder for the JSON, table and figure")
+
     info = commands.add_parser("info", help="say what a model is", description="Print what a model is, from its configuration.")
-    info.add_argument("source", help="diffusers folder, hub id or single-file checkpoint")
+    info.add_argument("source", nargs="?", default=None,
+                      help="diffusers folder, hub id or single-file checkpoint (default: the shipped small-world model)")
     info.add_argument("--config", help="config folder for a single-file checkpoint")
     return parser
 
@@ -118,7 +145,11 @@ def reproduce_command(edit, input_path: Path, result) -> str:
     for text in edit.instructions[1:]:
         words += ["--then", text]
     s = result.settings
-    words += ["--model", result.model, "--steps", str(s.num_inference_steps), "--text-cfg", str(s.guidance_scale),
+    from instruct_pix2pix.models import DEFAULT_MODEL
+
+    if result.model != str(DEFAULT_MODEL):  # the shipped default needs no --model
+        words += ["--model", result.model]
+    words += ["--steps", str(s.num_inference_steps), "--text-cfg", str(s.guidance_scale),
               "--image-cfg", str(s.image_guidance_scale), "--scheduler", s.scheduler, "--dtype", result.dtype]
     words += ["--keep-size"] if s.keep_size else ["--resolution", str(s.resolution)]
     if s.negative_prompt:
@@ -139,8 +170,6 @@ def run_edit(args) -> None:
         raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     images = [load_image(path, max_pixels=max_pixels) for path in paths]  # all bad input fails before the model loads
-    if args.model is None:
-        raise UserError("no --model given: pass a diffusers folder, a .safetensors file or a hub id such as timbrooks/instruct-pix2pix")
     editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
     result = editor.edit(
         images, instruction, then=args.then, num_inference_steps=args.steps, guidance_scale=args.text_cfg,
@@ -206,7 +235,34 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
     tqdm.write(f"ip2p: warning: {message}", file=sys.stderr)  # on its own line, above a live progress bar
 
 
-COMMANDS = {"edit": run_edit, "info": run_info, "train": run_train, "export": run_export, "dataset": run_dataset}
+def run_world(args) -> None:
+    if args.world_command == "sample":
+        from instruct_pix2pix.small_world.generate import write_samples
+
+        print(write_samples(args.output, count=args.count, seed=args.seed) / "sheet.png")
+    elif args.world_command == "generate":
+        from instruct_pix2pix.small_world.generate import write_dataset
+
+        print(write_dataset(args.output, args.count, split=args.split, format=args.format))
+    elif args.world_command == "demo":
+        from instruct_pix2pix import Editor
+        from instruct_pix2pix.images import save_png
+        from instruct_pix2pix.small_world.evaluate import demo_sheet
+
+        sheet, scores = demo_sheet(Editor.from_pretrained(args.model, device="cpu"), seed=args.seed, num_inference_steps=args.steps)
+        save_png(sheet, args.output)
+        print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
+    else:
+        from instruct_pix2pix import Editor
+        from instruct_pix2pix.small_world.evaluate import run_evaluation
+
+        editor = Editor.from_pretrained(args.model, device="cpu")
+        out = run_evaluation(editor, Path(args.output), per_kind=args.per_kind, num_inference_steps=args.steps,
+                             guidance_scale=args.text_cfg, image_guidance_scale=args.image_cfg)  # fmt: skip
+        print(out)
+
+
+COMMANDS = {"world": run_world, "edit": run_edit, "info": run_info, "train": run_train, "export": run_export, "dataset": run_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:

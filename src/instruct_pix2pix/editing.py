@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import random
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -178,13 +179,14 @@ class Editor:
     @classmethod
     def from_pretrained(
         cls,
-        source: str | Path,
+        source: str | Path | None = None,
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
         config: str | Path | None = None,
     ) -> Editor:
-        """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `models.load_model`)."""
+        """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `models.load_model`);
+        with no source, the small-world model shipped in the package."""
         device = pick_device(device)
         return cls(load_model(source, dtype=pick_dtype(dtype, device), config=config), device)
 
@@ -321,11 +323,22 @@ class Editor:
         pixels = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
         return list(zip(to_pil(decoded), pixels))
 
+    def warn_unknown_words(self, prompt: str) -> None:
+        """A model with a closed vocabulary (the small world's) says which words it has never seen."""
+        known = set((self.model.about or {}).get("words", ()))
+        unknown = [w for w in dict.fromkeys(re.findall(r"[a-z0-9']+", prompt.lower())) if known and w not in known]
+        if unknown:
+            listed = ", ".join(repr(w) for w in unknown)
+            noun = "word" if len(unknown) == 1 else "words"
+            warnings.warn(f"the model does not know the {noun} {listed}; it understands {self.model.about.get('understands', '')}",
+                          EditWarning, stacklevel=5)  # fmt: skip
+
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Last hidden states of the text encoder, padded to the tokenizer's length, as diffusers does."""
         tokenizer, encoder = self.model.tokenizer, self.model.text_encoder
         max_length = min(tokenizer.model_max_length, getattr(encoder.config, "max_position_embeddings", 10**6), 10**6)
         for prompt in set(prompts):
+            self.warn_unknown_words(prompt)
             ids = tokenizer(prompt, truncation=False).input_ids
             if len(ids) > max_length:
                 kept = tokenizer.decode(ids[1 : max_length - 1])

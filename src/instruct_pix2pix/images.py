@@ -361,3 +361,56 @@ def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             _decode(opened, name)
             # iTXt values are a str subclass carrying language tags; callers want plain strings.
             return {str(key): str(value) for key, value in opened.text.items()}
+
+
+def image_grid(
+    rows: Sequence[Sequence[Image.Image | None]],
+    *,
+    column_labels: Sequence[str] = (),
+    row_labels: Sequence[str] = (),
+    scale: int = 1,
+    cell_label_lines: int = 0,
+    cell_labels: Sequence[Sequence[str]] = (),
+) -> Image.Image:
+    """A labelled grid of images on white: column titles on top, row titles on the left, and
+    optionally a caption under each cell (wrapped to `cell_label_lines` lines). Small images are
+    enlarged `scale` times with nearest-neighbour, so pixels stay visible."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line = 12
+    cells = [[img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if img else None for img in row]
+             for row in rows]  # fmt: skip
+    width = max((img.width for row in cells for img in row if img), default=64)
+    height = max((img.height for row in cells for img in row if img), default=64)
+    columns = max(len(row) for row in cells)
+    left = 6 + max((int(font.getlength(label)) for label in row_labels), default=-6)
+    top = line + 4 if column_labels else 0
+    below = cell_label_lines * line
+    chars = max(8, int(width / max(font.getlength("m"), 1)))
+    grid = Image.new("RGB", (left + columns * (width + 4), top + len(cells) * (height + below + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(column_labels):
+        draw.text((left + c * (width + 4), 2), label[:chars], fill="black", font=font)
+    for r, row in enumerate(cells):
+        y = top + r * (height + below + 4)
+        if r < len(row_labels):
+            draw.text((2, y + height // 2 - line // 2), row_labels[r], fill="black", font=font)
+        for c, img in enumerate(row):
+            x = left + c * (width + 4)
+            if img is not None:
+                grid.paste(img, (x, y))
+            text = cell_labels[r][c] if r < len(cell_labels) and c < len(cell_labels[r]) else ""
+            for k, piece in enumerate(_wrap(text, chars)[:cell_label_lines]):
+                draw.text((x, y + height + 1 + k * line), piece, fill="black", font=font)
+    return grid
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines

@@ -21,6 +21,16 @@ from instruct_pix2pix.errors import UserError
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 DEFAULT_HUB_ID = "timbrooks/instruct-pix2pix"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "small_world" / "default_model"  # shipped, trained by the project
+
+
+def default_source(source: str | Path | None) -> str | Path:
+    """No source means the shipped small-world model."""
+    if source is not None:
+        return source
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise UserError(f"the default model is missing from {DEFAULT_MODEL}; reinstall, run `make train-default`, or pass --model")
+    return DEFAULT_MODEL
 
 
 @dataclass
@@ -33,6 +43,7 @@ class EditingModel:
     tokenizer: transformers.PreTrainedTokenizerBase
     scheduler_config: dict
     source: str = "(in memory)"
+    about: dict | None = None  # about.json of a model folder: what it understands (the small world's default)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -144,7 +155,8 @@ def load_folder(folder: Path, dtype: torch.dtype, source: str, *, editing_only: 
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load the model in {folder}: {first_line}") from None
     scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
-    return EditingModel(unet, vae, text_encoder, tokenizer, scheduler_config, source)
+    about = read_json(folder / "about.json") if (folder / "about.json").is_file() else None
+    return EditingModel(unet, vae, text_encoder, tokenizer, scheduler_config, source, about)
 
 
 def vae_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -191,13 +203,14 @@ def download(repo_id: str) -> Path:
 
 
 def load_model(
-    source: str | Path, *, dtype: torch.dtype = torch.float32, config: str | Path | None = None, editing_only: bool = True
+    source: str | Path | None, *, dtype: torch.dtype = torch.float32, config: str | Path | None = None, editing_only: bool = True
 ) -> EditingModel:
     """Load an editing model from a diffusers folder, a hub id, or a single-file checkpoint.
 
     `config` is the diffusers-format folder of configs a single file is read with; by default the
     shipped configuration of timbrooks/instruct-pix2pix (SD 1.5 with an 8-channel UNet).
     """
+    source = default_source(source)
     kind, path = resolve_source(source)
     if kind == "hub":
         return load_folder(download(str(path)), dtype, str(source), editing_only=editing_only)
@@ -230,8 +243,9 @@ def single_file_in_channels(path: Path) -> int:
         raise UserError(f"{path} does not look like a Stable Diffusion checkpoint (no {key})") from None
 
 
-def describe(source: str | Path, *, config: str | Path | None = None) -> dict[str, str]:
+def describe(source: str | Path | None, *, config: str | Path | None = None) -> dict[str, str]:
     """What a model is, from its configuration files alone (no weights are loaded)."""
+    source = default_source(source)
     kind, path = resolve_source(source)
     in_channels = None
     if kind == "hub":
@@ -303,6 +317,8 @@ def save_model(model: EditingModel, folder: str | Path, *, extra_unets: dict[str
     pipe.save_pretrained(tmp)
     for name, unet in (extra_unets or {}).items():
         unet.save_pretrained(tmp / name)
+    if model.about:
+        (tmp / "about.json").write_text(json.dumps(model.about, indent=2) + "\n")
     if folder.exists():  # replace an older export: move it aside first so no moment lacks a model
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -25,18 +25,30 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CL
     """A CLIPTokenizer whose vocabulary is the byte alphabet plus one token per word (lower case)."""
     alphabet = _bytes_to_unicode()
     vocab = alphabet + [symbol + "</w>" for symbol in alphabet]
+    # Learn merges the way BPE training does (most frequent pair first, everywhere at once) until
+    # every word is one symbol. Replaying merges by rank, as the tokenizer does, then rebuilds each
+    # word whole; merges chained per word would collide ("ma" from "make" would break "small").
+    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in sorted({w.lower() for w in words if w.strip()})]
     merges: list[tuple[str, str]] = []
     known = set(vocab)
-    for word in sorted({w.lower() for w in words if w.strip()}):
-        # Merge left to right: "s n" -> "sn", "sn o" -> "sno", "sno w</w>" -> "snow</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            merges.append((merged, piece))
-            merged += piece
-            if merged not in known:
-                known.add(merged)
-                vocab.append(merged)
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in words:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        if best[0] + best[1] not in known:
+            known.add(best[0] + best[1])
+            vocab.append(best[0] + best[1])
+        for symbols in words:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [best[0] + best[1]]
+                i += 1
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(
         vocab={token: index for index, token in enumerate(vocab)},

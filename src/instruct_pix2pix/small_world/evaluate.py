@@ -1,0 +1,269 @@
+"""Measure editing against the small world's exact ground truth.
+
+For every edit we know the input, the instruction and the exactly rendered result. An edit
+succeeds when the pixels the edit should change moved to their new values and the pixels it
+should keep stayed: recolouring the wrong object, or redrawing the whole picture, fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, sample_edits
+from instruct_pix2pix.small_world.scenes import DEFAULT_SIZE, render
+
+CHANGED = 0.1  # a pixel belongs to the edited region when the edit moves some channel more than this
+CLOSE = 0.3  # a pixel of the edited region is right when its distance to the target is under this share of the edit's
+TOWARD = 0.75  # success: at least this share of the edited region is right
+DISTURBED = 0.1  # a kept pixel counts as disturbed when it moved more than this (mean over channels) ...
+MAX_DISTURBED = 0.01  # ... and success allows at most this share of disturbed kept pixels
+EVALUATION_SPLIT = "test"  # scenes from seeds that training data never uses ("train")
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def edited_region(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    return np.abs(after - before).max(axis=-1) > CHANGED
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """The mask and its 8 neighbours: antialiased borders of the edited region are not 'kept' pixels."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return grown
+
+
+@dataclass
+class EditScore:
+    success: bool
+    toward: float  # share of the edited region that got (nearly) its target value
+    disturbed: float  # share of kept pixels that moved
+    l1: float  # mean |output - target| over the image
+    psnr: float  # against the target
+    l1_outside: float  # mean |output - input| over kept pixels
+
+
+def score_edit(output: Image.Image, before: Image.Image, after: Image.Image) -> EditScore:
+    out, b, a = as_array(output), as_array(before), as_array(after)
+    if out.shape != a.shape:
+        raise ValueError(f"output is {out.shape[1]}x{out.shape[0]}, the ground truth {a.shape[1]}x{a.shape[0]}")
+    changed = edited_region(b, a)
+    kept = ~_grow(changed)
+    to_target, to_input = np.abs(out - a).mean(axis=-1), np.abs(out - b).mean(axis=-1)
+    # Relative to the edit's own size, not merely nearer the target than the input: at night red and
+    # brown are close, and purple is nearer blue than orange is.
+    right = to_target < CLOSE * np.abs(a - b).mean(axis=-1)
+    toward = float(right[changed].mean()) if changed.any() else 1.0
+    disturbed = float((to_input[kept] > DISTURBED).mean()) if kept.any() else 0.0
+    mse = float(((out - a) ** 2).mean())
+    return EditScore(
+        success=toward >= TOWARD and disturbed <= MAX_DISTURBED,
+        toward=toward,
+        disturbed=disturbed,
+        l1=float(np.abs(out - a).mean()),
+        psnr=10 * math.log10(1 / max(mse, 1e-10)),
+        l1_outside=float(to_input[kept].mean()) if kept.any() else 0.0,
+    )
+
+
+Method = Callable[[list[Image.Image], list[str]], list[Image.Image]]  # inputs, instructions -> outputs
+
+
+def unchanged(inputs: list[Image.Image], instructions: list[str]) -> list[Image.Image]:
+    """The baseline that does nothing: every edit returns its input."""
+    return list(inputs)
+
+
+def editor_method(editor, *, num_inference_steps: int = 20, guidance_scale: float = 7.5,
+                  image_guidance_scale: float = 1.5, seed: int = 0, batch_size: int = 64) -> Method:  # fmt: skip
+    def edit(inputs: list[Image.Image], instructions: list[str]) -> list[Image.Image]:
+        result = editor.edit(inputs, instructions, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             image_guidance_scale=image_guidance_scale, seed=seed, batch_size=batch_size,
+                             show_progress=False)  # fmt: skip
+        return result.images
+
+    return edit
+
+
+def vae_round_trip(vae) -> Method:
+    """The best a latent editor can do: the exact ground truth, encoded and decoded by the VAE.
+    (Needs the edits themselves, so `evaluate` hands this one the targets instead of the inputs.)"""
+    import torch
+
+    from instruct_pix2pix.images import to_pil, to_tensor
+
+    def edit(targets: list[Image.Image], instructions: list[str]) -> list[Image.Image]:
+        with torch.inference_mode():
+            pixels = to_tensor(targets).to(vae.device, vae.dtype)
+            return to_pil(vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float())
+
+    edit.needs_targets = True  # type: ignore[attr-defined]
+    return edit
+
+
+def evaluation_edits(per_kind: int, *, held_out: bool, kinds: Sequence[str] = KINDS) -> list[WorldEdit]:
+    """`per_kind` edits of each kind on held-out scenes. The same scenes and edits for training
+    and held-out phrasings (the same seeds), so the two differ only in wording."""
+    return list(sample_edits(EVALUATION_SPLIT, per_kind * len(kinds), kinds=tuple(kinds), held_out=held_out))
+
+
+@dataclass
+class Row:
+    method: str
+    phrasing: str  # "training" or "held-out"
+    kind: str  # an edit kind, or "all"
+    count: int
+    success: float
+    l1: float
+    psnr: float
+    l1_outside: float
+
+
+def evaluate(
+    methods: dict[str, Method],
+    *,
+    per_kind: int = 20,
+    kinds: Sequence[str] = KINDS,
+    size: int = DEFAULT_SIZE,
+    chunk: int = 64,
+    progress: bool = True,
+) -> tuple[list[Row], dict[str, list[tuple[WorldEdit, Image.Image]]]]:
+    """Score every method on both phrasings; returns table rows and, per method and phrasing, the
+    (edit, output) pairs for figures. Methods that ignore wording are run once (training phrasing)."""
+    from tqdm.auto import tqdm
+
+    rows: list[Row] = []
+    outputs: dict[str, list[tuple[WorldEdit, Image.Image]]] = {}
+    for phrasing, held_out in (("training", False), ("held-out", True)):
+        edits = evaluation_edits(per_kind, held_out=held_out, kinds=kinds)
+        befores = [render(e.before, size) for e in edits]
+        afters = [render(e.after, size) for e in edits]
+        for name, method in methods.items():
+            if held_out and (method is unchanged or getattr(method, "needs_targets", False)):
+                continue  # the wording cannot matter to these
+            images = befores if not getattr(method, "needs_targets", False) else afters
+            results: list[Image.Image] = []
+            for start in tqdm(range(0, len(edits), chunk), desc=f"{name}, {phrasing} phrasings", disable=not progress):
+                results += method(images[start : start + chunk], [e.instruction for e in edits[start : start + chunk]])
+            scores = [score_edit(out, b, a) for out, b, a in zip(results, befores, afters)]
+            outputs[f"{name}/{phrasing}"] = list(zip(edits, results))
+            by_kind: dict[str, list[EditScore]] = defaultdict(list)
+            for edit, score in zip(edits, scores):
+                by_kind[edit.kind].append(score)
+            for kind in [*kinds, "all"]:
+                group = scores if kind == "all" else by_kind[kind]
+                rows.append(Row(name, phrasing, kind, len(group), *(float(np.mean([getattr(s, f) for s in group]))
+                                                                     for f in ("success", "l1", "psnr", "l1_outside"))))  # fmt: skip
+    return rows, outputs
+
+
+def format_table(rows: list[Row]) -> str:
+    """A markdown table: one line per edit kind, one column group per method and phrasing."""
+    columns = list(dict.fromkeys((r.method, r.phrasing) for r in rows))
+    cell = {(r.method, r.phrasing, r.kind): r for r in rows}
+    kinds = list(dict.fromkeys(r.kind for r in rows))
+    head = "| kind | " + " | ".join(f"{m} ({p}): success, L1, PSNR, L1 kept" for m, p in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    for kind in kinds:
+        parts = []
+        for m, p in columns:
+            r = cell.get((m, p, kind))
+            parts.append("" if r is None else f"{100 * r.success:.0f}%, {r.l1:.3f}, {r.psnr:.1f}, {r.l1_outside:.3f}")
+        label = f"**{kind}**" if kind == "all" else kind
+        lines.append(f"| {label} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def write_json(rows: list[Row], path: str | os.PathLike[str], **extra) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({**extra, "rows": [asdict(r) for r in rows]}, indent=2))
+    os.replace(temporary, path)
+
+
+def example_figure(outputs: dict[str, list[tuple[WorldEdit, Image.Image]]], method: str, *, size: int = DEFAULT_SIZE,
+                   scale: int = 2) -> Image.Image:  # fmt: skip
+    """One row per edit kind: input, the method's edit with training and held-out wording, ground truth."""
+    from instruct_pix2pix.images import image_grid
+
+    seen = {e.kind: (e, img) for e, img in reversed(outputs.get(f"{method}/training", []))}
+    held = {e.kind: (e, img) for e, img in reversed(outputs.get(f"{method}/held-out", []))}
+    rows, labels = [], []
+    for kind, (edit, image) in seen.items():
+        other = held.get(kind)
+        rows.append([render(edit.before, size), image, other[1] if other else None, render(edit.after, size)])
+        labels.append(["", edit.instruction, other[0].instruction if other else "", ""])
+    return image_grid(rows, column_labels=["input", "edit (training wording)", "edit (held-out wording)", "ground truth"],
+                      row_labels=list(seen), scale=scale, cell_labels=labels, cell_label_lines=3)  # fmt: skip
+
+
+def run_evaluation(editor, output: Path, *, per_kind: int = 40, num_inference_steps: int = 20,
+                   guidance_scale: float = 7.5, image_guidance_scale: float = 1.5, seed: int = 0) -> str:  # fmt: skip
+    """`ip2p world evaluate`: the model, the do-nothing baseline and the VAE's ceiling, on held-out
+    scenes with training and held-out wording; writes results.json, table.md and examples.png."""
+    from instruct_pix2pix.images import save_png
+
+    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    image_guidance_scale=image_guidance_scale, seed=seed)  # fmt: skip
+    methods = {"model": editor_method(editor, **settings), "unchanged input": unchanged,
+               "ground truth via VAE": vae_round_trip(editor.model.vae)}  # fmt: skip
+    rows, outputs = evaluate(methods, per_kind=per_kind)
+    table = format_table(rows)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(rows, output / "results.json", model=editor.model.source, per_kind=per_kind, split=EVALUATION_SPLIT, **settings)
+    temporary = output / ".table.md.tmp"
+    temporary.write_text(table + "\n")
+    os.replace(temporary, output / "table.md")
+    save_png(example_figure(outputs, "model"), output / "examples.png")
+    return f"{table}\n\nwritten: {output / 'results.json'}, {output / 'table.md'}, {output / 'examples.png'}"
+
+
+DEMO_KINDS = ("recolor", "reshape", "add", "remove", "move", "global")
+
+
+def demo_sheet(editor, *, seed: int = 0, num_inference_steps: int = 20, guidance_scale: float = 7.5,
+               image_guidance_scale: float = 1.5) -> tuple[Image.Image, list[EditScore]]:  # fmt: skip
+    """`make demo`: one held-out scene, several single edits and one compound edit (two
+    instructions in a row), each shown as input | the model's edit | ground truth, and scored."""
+    import random
+
+    from instruct_pix2pix.images import image_grid
+    from instruct_pix2pix.small_world.edits import edit_rng, make_edit
+    from instruct_pix2pix.small_world.scenes import sample_scene
+
+    rng = edit_rng("demo", seed)
+    scene = sample_scene(rng, max_things=3, night_probability=0)
+    while len(scene.things) < 3:
+        scene = sample_scene(rng, max_things=3, night_probability=0)
+    chains = [[make_edit(scene, kind, random.Random(f"demo/{seed}/{kind}"))] for kind in DEMO_KINDS]
+    first = make_edit(scene, "recolor", random.Random(f"demo/{seed}/compound"))
+    chains.append([first, make_edit(first.after, "resize", random.Random(f"demo/{seed}/compound/2"))])
+    chains = [chain for chain in chains if all(chain)]
+    image = render(scene)
+    settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    image_guidance_scale=image_guidance_scale, seed=seed, show_progress=False)  # fmt: skip
+    outputs = [editor.edit(image, chain[0].instruction, then=[e.instruction for e in chain[1:]], **settings).images[0]
+               for chain in chains]  # fmt: skip
+    scores = [score_edit(out, image, render(chain[-1].after)) for out, chain in zip(outputs, chains)]
+    rows = [[image, out, render(chain[-1].after)] for out, chain in zip(outputs, chains)]
+    labels = [[" then ".join(e.instruction for e in chain), ("right" if s.success else "wrong") + f", PSNR {s.psnr:.1f}",
+               "ground truth"] for chain, s in zip(chains, scores)]  # fmt: skip
+    kinds = [" + ".join(e.kind for e in chain) for chain in chains]
+    sheet = image_grid(rows, column_labels=["input", "edited by the model", "ground truth"], row_labels=kinds,
+                       scale=2, cell_labels=labels, cell_label_lines=3)  # fmt: skip
+    return sheet, scores

@@ -1,0 +1,99 @@
+"""Write small-world edits in the formats the trainer reads, and sample sheets for people to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from instruct_pix2pix.data import EditExample, write_parquet, write_reference_folder
+from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, sample_edits
+from instruct_pix2pix.small_world.scenes import DEFAULT_SIZE, render
+
+
+def to_example(edit: WorldEdit, size: int = DEFAULT_SIZE) -> EditExample:
+    return EditExample(render(edit.before, size), render(edit.after, size), edit.instruction,
+                       edit.input_caption, edit.edited_caption, key=edit.kind)  # fmt: skip
+
+
+def write_dataset(
+    output: str | os.PathLike[str],
+    count: int,
+    *,
+    split: str = "train",
+    size: int = DEFAULT_SIZE,
+    shard_size: int = 5000,
+    format: str = "parquet",
+    progress: bool = True,
+) -> Path:
+    """Write `count` edits of `split` to `output`.
+
+    parquet: shards `{split}-00000-of-000NN.parquet` with the released dataset's schema, each
+    written atomically; a killed run resumes by skipping the shards already there. reference:
+    the original on-disk format (seeds.json, NNNNNNN/prompt.json, {seed}_0.jpg, {seed}_1.jpg).
+    Both also get `{split}-triples.jsonl`: (input caption, instruction, output caption) in the
+    format of the paper's human-written prompts.
+    """
+    if count < 1 or shard_size < 1:
+        raise UserError(f"count and shard size must be at least 1, not {count} and {shard_size}")
+    if format not in ("parquet", "reference"):
+        raise UserError(f"unknown dataset format {format!r}; use parquet or reference")
+    output = Path(output)
+    bar = tqdm(total=count, desc=f"writing {split} edits", unit="edit", disable=not progress)
+    if format == "reference":
+        write_reference_folder(_examples(sample_edits(split, count), size, bar), output)
+    else:
+        shards = (count + shard_size - 1) // shard_size
+        output.mkdir(parents=True, exist_ok=True)
+        for shard in range(shards):
+            start = shard * shard_size
+            number = min(shard_size, count - start)
+            path = output / f"{split}-{shard:05d}-of-{shards:05d}.parquet"
+            if path.exists():  # written whole by an earlier run (shards are renamed into place)
+                bar.update(number)
+                continue
+            write_parquet(_examples(sample_edits(split, number, start=start), size, bar), path)
+    bar.close()
+    triples = output / f"{split}-triples.jsonl"
+    temporary = triples.with_name(f".{triples.name}.tmp")
+    with temporary.open("w") as f:
+        for edit in sample_edits(split, count):
+            f.write(json.dumps({"input": edit.input_caption, "edit": edit.instruction, "output": edit.edited_caption}) + "\n")
+    os.replace(temporary, triples)
+    return output
+
+
+def _examples(edits: Iterable[WorldEdit], size: int, bar) -> Iterable[EditExample]:
+    for edit in edits:
+        yield to_example(edit, size)
+        bar.update()
+
+
+def write_samples(output: str | os.PathLike[str], *, count: int = 2, size: int = DEFAULT_SIZE, seed: int = 0) -> Path:
+    """For people: `count` edits of every kind as PNGs (input, ground truth) plus a labelled sheet
+    `sheet.png` and `edits.jsonl` with captions and instructions."""
+    from instruct_pix2pix.images import image_grid, save_png
+
+    output = Path(output)
+    edits = list(sample_edits(f"sample-{seed}", count * len(KINDS)))
+    records, rows, labels = [], [], []
+    for index, edit in enumerate(edits):
+        before, after = render(edit.before, size), render(edit.after, size)
+        stem = f"{index:03d}-{edit.kind}"
+        save_png(before, output / f"{stem}-input.png", {"caption": edit.input_caption})
+        save_png(after, output / f"{stem}-edited.png", {"caption": edit.edited_caption, "instruction": edit.instruction})
+        records.append({"input": f"{stem}-input.png", "edited": f"{stem}-edited.png", "kind": edit.kind,
+                        "instruction": edit.instruction, "input_caption": edit.input_caption,
+                        "edited_caption": edit.edited_caption})  # fmt: skip
+        rows.append([before, after])
+        labels.append([edit.kind, edit.instruction])
+    save_png(image_grid(rows, column_labels=["input", "edited (ground truth)"], scale=2, cell_labels=labels,
+                        cell_label_lines=3), output / "sheet.png")  # fmt: skip
+    temporary = output / ".edits.jsonl.tmp"
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(temporary, output / "edits.jsonl")
+    return output

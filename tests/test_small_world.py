@@ -1,0 +1,198 @@
+"""The small world: scenes, edits, phrasings, datasets and the ground-truth scoring."""
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from instruct_pix2pix.data import open_dataset
+from instruct_pix2pix.small_world import KINDS, PHRASINGS, Scene, Thing, caption, make_edit, render, sample_edits, vocabulary
+from instruct_pix2pix.small_world.evaluate import evaluate, evaluation_edits, format_table, score_edit, unchanged
+from instruct_pix2pix.small_world.generate import write_dataset, write_samples
+from instruct_pix2pix.tokenizers import build_clip_tokenizer
+
+SCENE = Scene("white", (Thing("blue", "square", "large", (1, 1)), Thing("red", "circle", "small", (0, 0))))
+
+
+def test_caption_lists_objects_in_reading_order():
+    assert caption(SCENE) == "a small red circle at the top left and a large blue square in the center on a white background"
+    night = replace(SCENE, night=True, black_and_white=True, background="grass")
+    assert caption(night) == (
+        "a black and white picture of a small red circle at the top left and a large blue square in the center "
+        "on grass under a blue sky at night"
+    )
+
+
+def test_render_is_exact_and_draws_what_the_scene_says():
+    image = np.asarray(render(SCENE), dtype=int)
+    assert np.array_equal(image, np.asarray(render(SCENE)))
+    assert image.shape == (64, 64, 3)
+    assert tuple(image[32, 32]) == (40, 80, 225)  # the blue square in the center cell
+    assert tuple(image[10, 10]) == (220, 40, 40)  # the red circle at the top left
+    assert tuple(image[60, 60]) == (240, 240, 235)  # white background
+    night = np.asarray(render(replace(SCENE, night=True)), dtype=int)
+    assert night[32, 32, 2] > night[32, 32, 0] and night.mean() < image.mean() * 0.7
+    grey = np.asarray(render(replace(SCENE, black_and_white=True)), dtype=int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_changes_the_scene_and_its_caption(kind):
+    edits = list(sample_edits("unit", 5 * len(KINDS), kinds=(kind,)))
+    assert all(e.kind == kind for e in edits)
+    for edit in edits:
+        assert edit.after != edit.before and edit.edited_caption != edit.input_caption
+        assert not np.array_equal(np.asarray(render(edit.before)), np.asarray(render(edit.after)))
+        # objects keep unique (colour, shape), so "the red circle" always names one object
+        pairs = [(t.colour, t.shape) for t in edit.before.things]
+        assert len(set(pairs)) == len(pairs)
+
+
+def test_edits_do_what_they_say():
+    steps = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+    for edit in sample_edits("unit", 40, kinds=("move", "count", "remove", "resize", "recolor")):
+        gone = set(edit.before.things) - set(edit.after.things)
+        new = set(edit.after.things) - set(edit.before.things)
+        words = edit.instruction.split()
+        if edit.kind == "move":
+            (old,), (moved,) = gone, new
+            (direction,) = [w for w in words if w in steps]
+            assert (moved.cell[0] - old.cell[0], moved.cell[1] - old.cell[1]) == steps[direction]
+            assert f"{old.colour} {old.shape}" in edit.instruction
+        elif edit.kind == "count":
+            number = {"two": 2, "three": 3}[next(w for w in words if w in ("two", "three"))]
+            assert not gone and len(new) == number and f"{next(iter(new)).shape}s" in words
+        elif edit.kind == "remove":
+            assert len(gone) == 1 and not new
+        elif edit.kind == "resize":
+            (old,), (resized,) = gone, new
+            assert resized.size != old.size and (resized.colour, resized.shape, resized.cell) == (old.colour, old.shape, old.cell)
+        else:
+            (old,), (recoloured,) = gone, new
+            assert recoloured.colour in words and f"{old.colour} {old.shape}" in edit.instruction
+
+
+def test_splits_and_indices_are_deterministic_and_distinct():
+    a = [e.before for e in sample_edits("train", 20)]
+    assert a == [e.before for e in sample_edits("train", 20)]
+    assert a[10:] == [e.before for e in sample_edits("train", 10, start=10)]
+    assert a != [e.before for e in sample_edits("test", 20)]
+
+
+def test_held_out_phrasings_never_appear_in_training_edits():
+    held = {p for variants in PHRASINGS.values() for _, h in variants.values() for p in h}
+    seen = {p for variants in PHRASINGS.values() for s, _ in variants.values() for p in s}
+    assert not held & seen
+    training = {e.instruction for e in sample_edits("train", 2000)}
+    held_out = [e.instruction for e in sample_edits("train", 200, held_out=True)]
+    assert not training & set(held_out)
+    assert all(e.held_out for e in sample_edits("test", 9, held_out=True))
+
+
+def test_every_world_word_is_one_token():
+    words = vocabulary()
+    assert {"red", "circle", "night", "background", "recolor"} <= set(words)
+    tokenizer = build_clip_tokenizer(words, 77)
+    assert [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1] == []
+    longest = max(len(tokenizer(e.input_caption).input_ids) for e in sample_edits("train", 300))
+    assert longest <= 77
+
+
+def test_scores_decide_success_from_ground_truth():
+    for edit in sample_edits("test", 3 * len(KINDS)):
+        before, after = render(edit.before), render(edit.after)
+        assert score_edit(after, before, after).success, edit.instruction
+        assert not score_edit(before, before, after).success, edit.instruction
+    # the right kind of edit applied to the wrong object fails: something else changed
+    edit = make_edit(SCENE, "recolor", random.Random(0))
+    other = next(t for t in SCENE.things if t.name not in edit.instruction)
+    wrong = SCENE.replace_thing(other, replace(other, colour="yellow"))
+    assert not score_edit(render(wrong), render(SCENE), render(edit.after)).success
+    # a different colour than asked fails, even at night where colours are close
+    night = replace(SCENE, night=True)
+    red = SCENE.things[0]
+    target = night.replace_thing(red, replace(red, colour="blue"))
+    wrong = night.replace_thing(red, replace(red, colour="purple"))
+    assert not score_edit(render(wrong), render(night), render(target)).success
+    assert score_edit(render(target), render(night), render(target)).psnr > 90
+
+
+def test_evaluate_reports_every_kind_and_the_baseline():
+    def perfect(inputs, instructions):  # returns the ground truth of exactly these edits
+        by_instruction = {}
+        for e in lookup:
+            by_instruction.setdefault(e.instruction, []).append(e)
+        return [render(by_instruction[text].pop(0).after) for text in instructions]
+
+    lookup = evaluation_edits(2, held_out=False) + evaluation_edits(2, held_out=True)
+    rows, outputs = evaluate({"perfect": perfect, "unchanged input": unchanged}, per_kind=2, progress=False)
+    table = {(r.method, r.phrasing, r.kind): r for r in rows}
+    assert table["perfect", "training", "all"].success == 1.0
+    assert table["perfect", "held-out", "all"].success == 1.0
+    assert table["unchanged input", "training", "all"].success == 0.0
+    assert ("unchanged input", "held-out", "all") not in table  # wording cannot matter to it
+    assert {r.kind for r in rows} == {*KINDS, "all"}
+    assert "| **all** | 100%" in format_table(rows)
+    assert len(outputs["perfect/training"]) == 2 * len(KINDS)
+
+
+def test_dataset_is_readable_by_the_trainer_and_resumes(tmp_path):
+    out = write_dataset(tmp_path / "data", 25, shard_size=10, progress=False)
+    shards = sorted(out.glob("train-*.parquet"))
+    assert [p.name for p in shards] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    dataset = open_dataset(out)
+    examples = [e for _, e in dataset.examples(seed=0, epoch=0)]
+    assert len(examples) == 25 and examples[0].input_image.size == (64, 64)
+    expected = {e.instruction for e in sample_edits("train", 25)}
+    assert {e.instruction for e in examples} == expected
+    triples = [json.loads(line) for line in (out / "train-triples.jsonl").read_text().splitlines()]
+    assert len(triples) == 25 and set(triples[0]) == {"input", "edit", "output"}
+    # a killed run left two shards: the rerun writes only the missing one
+    shards[2].unlink()
+    stamp = shards[0].stat().st_mtime_ns
+    write_dataset(out, 25, shard_size=10, progress=False)
+    assert shards[2].exists() and shards[0].stat().st_mtime_ns == stamp
+    reference = write_dataset(tmp_path / "ref", 6, format="reference", progress=False)
+    assert len([e for _, e in open_dataset(reference, split="train").examples(seed=0, epoch=0)]) >= 5
+
+
+def test_samples_for_people(tmp_path):
+    out = write_samples(tmp_path / "s", count=1)
+    records = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == list(KINDS)
+    assert (out / "sheet.png").exists() and (out / records[0]["edited"]).exists()
+
+
+def test_unknown_words_warning_names_them(tiny_model_dir, tmp_path):
+    import shutil
+    import warnings
+
+    from instruct_pix2pix import Editor
+    from instruct_pix2pix.errors import EditWarning
+    from instruct_pix2pix.small_world.recipe import about
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "about.json").write_text(json.dumps(about()))
+    editor = Editor.from_pretrained(folder, device="cpu")
+    assert "red" in editor.model.about["words"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        editor.edit(render(SCENE), "please make the red circle fuchsia", num_inference_steps=1, seed=0, show_progress=False)
+        editor.edit(render(SCENE), "make the red circle blue", num_inference_steps=1, seed=0, show_progress=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, EditWarning)]
+    assert len(messages) == 1
+    assert "'please', 'fuchsia'" in messages[0] and "circles, squares" in messages[0]
+
+
+def test_the_cli_world_commands(tmp_path, capsys):
+    from instruct_pix2pix.cli import main
+
+    assert main(["world", "sample", "-o", str(tmp_path / "s"), "--count", "1"]) == 0
+    assert (tmp_path / "s" / "sheet.png").exists()
+    assert main(["world", "generate", str(tmp_path / "d"), "--count", "3"]) == 0
+    assert len(list((tmp_path / "d").glob("*.parquet"))) == 1
+    assert main(["world", "generate", str(tmp_path / "d"), "--count", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
