@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow demo bench bench-train clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench_edit.py
+
+# Our trainer against diffusers' training recipe (and cached latents against none), a few minutes on a CPU.
+bench-train: setup
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
