@@ -85,7 +85,7 @@ def run_training(args: list[str], **popen) -> subprocess.Popen:
 def test_resume_after_sigkill_gives_the_same_losses(tiny_dataset, tmp_path):
     steps = ["max_train_steps=6", "checkpointing_steps=2", "checkpoints_total_limit=2", "gradient_accumulation_steps=1"]
     whole = tmp_path / "whole"
-    done = run_training(settings(tiny_dataset, whole) + steps)
+    done = run_training(settings(tiny_dataset, whole) + steps + ["validation_steps=0"])
     assert done.wait(timeout=600) == 0, done.stderr.read()
 
     # The interrupted run also saves validation grids (the uninterrupted one does not): they must not
@@ -136,7 +136,8 @@ def test_shipped_configs_parse():
     paper = load_config(ROOT / "configs" / "instruct-pix2pix-sd15.yaml")
     assert (paper.resolution, paper.learning_rate, paper.train_batch_size, paper.gradient_accumulation_steps) == (256, 1e-4, 32, 4)
     assert (paper.ema_decay, paper.conditioning_dropout_prob) == (0.9999, 0.05)
-    assert load_config(ROOT / "configs" / "tiny.yaml").from_scratch == "configs/tiny-model"
+    tiny = load_config(ROOT / "configs" / "tiny.yaml")
+    assert tiny.from_scratch == "configs/tiny-model" and (tiny.validation_steps, tiny.validation_prompts) == (10, ["make it red"])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_dataset, tmp_path):

@@ -6,8 +6,8 @@ Setting names follow diffusers' `train_instruct_pix2pix.py` where it has one, so
 from __future__ import annotations
 
 import dataclasses
-import json
 import inspect
+import json
 import re
 import typing
 from dataclasses import dataclass, field
