@@ -1,0 +1,552 @@
+"""Recipes for the small world's miniature pretrained parts: a small CLIP and a small VAE.
+
+Stable Diffusion borrows two parts it never trains: CLIP's text encoder (frozen, read by the UNet
+through cross-attention) and the KL autoencoder (images <-> latents). The small world trains its own
+miniatures of both, here, from rendered scenes:
+
+    train_clip(output_dir, steps=..., batch_size=..., learning_rate=..., seed=...)
+    train_vae(output_dir, steps=..., batch_size=..., learning_rate=..., seed=...)
+    python -m instruct_pix2pix.small_world.pretrain clip|vae OUTPUT_DIR [--steps N ...]
+
+Both write `output_dir/model/` in the library's own layout (transformers / diffusers,
+safetensors), `output_dir/metrics.json` (held-out measurements), and while training
+`output_dir/checkpoint.pt`, rewritten atomically every `checkpoint_every` steps. Calling again with
+the same arguments resumes from the checkpoint and ends with the same weights as a run never
+interrupted. Everything is a function of the arguments: the data of step s is a fixed slice of the
+"train" split, the initialisation comes from the seed, and the only other randomness (the VAE's
+posterior samples) comes from a generator saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.small_world.edits import sample_edits, vocabulary
+from instruct_pix2pix.small_world.scenes import Scene, caption, render
+from instruct_pix2pix.tokenizers import build_clip_tokenizer
+
+TRAIN_SPLIT = "train"
+CLIP_TEST_SPLIT = "clip-test"  # held-out scenes: seeds no training example uses
+VAE_TEST_SPLIT = "vae-test"
+BLACK_AND_WHITE_PROBABILITY = 0.1  # extra black-and-white pairs; the edits alone make few
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model"
+METRICS = "metrics.json"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, as CLIPImageProcessor uses
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature at 100
+RETRIEVAL_CANDIDATES = 64
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def scene_pair(split: str, index: int) -> tuple[str, Scene, Scene]:
+    """Example `index` of a split: an edit's kind and its scenes before and after.
+
+    A tenth of the pairs are turned black and white (both scenes), so black-and-white pictures of
+    every kind of scene appear, not only those the "make it black and white" edit produces.
+    """
+    (edit,) = sample_edits(split, 1, start=index)
+    before, after = edit.before, edit.after
+    if not after.black_and_white and random.Random(f"small-world-pretrain/{split}/{index}").random() < BLACK_AND_WHITE_PROBABILITY:
+        before, after = replace(before, black_and_white=True), replace(after, black_and_white=True)
+    return edit.kind, before, after
+
+
+def training_scenes(step: int, batch_size: int) -> list[Scene]:
+    """The scenes of training step `step`: before and after of consecutive edits, side by side.
+
+    Each pair differs in one thing (a colour, a shape, a position, the background, ...), so every
+    batch holds hard negatives: captions a word apart, images a few pixels apart.
+    """
+    pairs = (batch_size + 1) // 2
+    scenes = []
+    for index in range(step * pairs, (step + 1) * pairs):
+        _, before, after = scene_pair(TRAIN_SPLIT, index)
+        scenes += [before, after]
+    return scenes[:batch_size]
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL RGB images -> float tensor (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).permute(0, 3, 1, 2).float() / 255
+
+
+def clip_pixels(images) -> torch.Tensor:
+    """What the saved CLIPImageProcessor gives for images of the model's size: [0,1], then CLIP's mean/std."""
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    return (to_tensor(images) - mean) / std
+
+
+# --- shared training machinery -------------------------------------------------------------------
+
+
+def _check_arguments(output_dir, steps, batch_size, learning_rate, image_size, multiple: int, min_batch: int,
+                     checkpoint_every, eval_examples) -> Path:
+    def whole(value, name, least):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"{name} must be a whole number >= {least}, not {value!r}")
+
+    whole(steps, "steps", 1)
+    whole(batch_size, "batch_size", min_batch)
+    whole(checkpoint_every, "checkpoint_every", 1)
+    whole(eval_examples, "eval_examples", 1)
+    whole(image_size, "image_size", multiple)
+    if image_size % multiple:
+        raise UserError(f"image_size must be a multiple of {multiple}, not {image_size}")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (0 < learning_rate < 1):
+        raise UserError(f"learning_rate must be a number between 0 and 1, not {learning_rate!r}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file, not a folder")
+    return output_dir
+
+
+def learning_rate_at(step: int, steps: int, peak: float) -> float:
+    """Linear warmup over the first 5% of steps (at most 100), then cosine decay to a tenth of the peak."""
+    warmup = max(1, min(100, steps // 20))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill leaves the old checkpoint or the new one, never half of one
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_model_atomically(output_dir: Path, save: Callable[[Path], None]) -> Path:
+    """`save` writes into a fresh temporary folder, which then takes the place of output_dir/model."""
+    final, tmp, old = output_dir / MODEL, output_dir / f".{MODEL}.tmp", output_dir / f".{MODEL}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fit(
+    kind: str,
+    output_dir: Path,
+    model: torch.nn.Module,
+    step_loss: Callable[[int, torch.Generator], torch.Tensor],
+    *,
+    arguments: dict,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    checkpoint_every: int,
+    progress: bool,
+    weight_decay: float,
+    betas: tuple[float, float],
+    after_step: Callable[[], None] = lambda: None,
+) -> dict:
+    """The loop both recipes share: AdamW, warmup+cosine, clipping, checkpoints, exact resume.
+
+    Weight decay applies to matrices and convolution kernels, not to embeddings, norms, biases
+    or CLIP's temperature.
+
+    Returns {"loss": mean loss of the last steps, "train_seconds": ...}.
+    """
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=learning_rate, betas=betas, eps=1e-6)
+    generator = torch.Generator().manual_seed(seed)
+    step, losses, seconds = 0, [], 0.0
+    checkpoint_path = output_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True)
+        if state["kind"] != kind or state["arguments"] != arguments:
+            raise UserError(
+                f"{checkpoint_path} comes from a run with other settings ({state['kind']}, {state['arguments']}); "
+                "use those settings to resume, or another output_dir"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"])
+        step, losses, seconds = state["step"], state["losses"], state["train_seconds"]
+
+    def save_checkpoint():
+        _atomic_torch_save({"kind": kind, "arguments": arguments, "step": step, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "generator": generator.get_state(), "losses": losses, "train_seconds": seconds},
+                           checkpoint_path)
+
+    model.train()
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"training {kind}", unit="step")
+    started = time.perf_counter()
+    while step < steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, steps, learning_rate)
+        loss = step_loss(step, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        after_step()
+        step += 1
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.update()
+        if step % checkpoint_every == 0 or step == steps:
+            seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint()
+    bar.close()
+    model.eval()
+    recent = losses[-max(1, min(50, len(losses) // 10)):]
+    return {"loss": sum(recent) / len(recent), "train_seconds": round(seconds, 1)}
+
+
+def _model_settings(config: dict | None) -> dict:
+    return json.loads(json.dumps(config or {}))  # plain JSON, so it compares equal after a checkpoint round trip
+
+
+# --- CLIP ----------------------------------------------------------------------------------------
+
+
+def clip_config(tokenizer, image_size: int = 64, overrides: dict | None = None):
+    """The small CLIP: a 4-layer text transformer over the world's words and a 4-layer ViT of 8x8 patches."""
+    from transformers import CLIPConfig
+
+    overrides = dict(overrides or {})
+    text = {
+        "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length, "hidden_size": 128,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512, "projection_dim": 128,
+        # The pooled text feature is read at the first end-of-text token; the config must name its id.
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        **overrides.pop("text_config", {}),
+    }  # fmt: skip
+    vision = {
+        "image_size": image_size, "patch_size": 8, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "intermediate_size": 512, "projection_dim": 128, **overrides.pop("vision_config", {}),
+    }  # fmt: skip
+    return CLIPConfig(text_config=text, vision_config=vision, **{"projection_dim": 128, **overrides})
+
+
+def clip_image_processor(image_size: int = 64):
+    """Resize the short side to the model's size, centre-crop to a square, [0,1], CLIP's mean/std."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                              do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True,
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+@torch.no_grad()
+def _clip_embed(model, tokenizer, scenes: list[Scene], image_size: int, chunk: int = 256):
+    images, texts = [], []
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start : start + chunk]
+        pixels = clip_pixels([render(s, image_size) for s in part])
+        tokens = tokenizer([caption(s) for s in part], padding=True, truncation=True, return_tensors="pt")
+        images.append(F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1))
+        texts.append(F.normalize(model.get_text_features(input_ids=tokens.input_ids).pooler_output, dim=-1))
+    return torch.cat(images), torch.cat(texts)
+
+
+@torch.no_grad()
+def evaluate_clip(model, tokenizer, *, examples: int = 1024, image_size: int = 64, split: str = CLIP_TEST_SPLIT) -> dict:
+    """Image -> caption retrieval (top-1) on held-out scenes.
+
+    - among 64 candidates: the captions of 64 independent scenes (the `before` scenes of the split);
+    - hard: each scene of an edit pair against the other's caption, one attribute apart; per edit kind too.
+    """
+    model.eval()
+    examples_ = [scene_pair(split, i) for i in range(examples)]
+    kinds = [kind for kind, _, _ in examples_]
+    before_images, before_texts = _clip_embed(model, tokenizer, [b for _, b, _ in examples_], image_size)
+    after_images, after_texts = _clip_embed(model, tokenizer, [a for _, _, a in examples_], image_size)
+
+    hits, hits_text, total = 0, 0, 0
+    for start in range(0, examples - RETRIEVAL_CANDIDATES + 1, RETRIEVAL_CANDIDATES) if examples >= RETRIEVAL_CANDIDATES else [0]:
+        images, texts = before_images[start : start + RETRIEVAL_CANDIDATES], before_texts[start : start + RETRIEVAL_CANDIDATES]
+        similarity = images @ texts.t()
+        truth = torch.arange(len(images))
+        hits += (similarity.argmax(1) == truth).sum().item()
+        hits_text += (similarity.argmax(0) == truth).sum().item()
+        total += len(images)
+    own_before, other_before = (before_images * before_texts).sum(1), (before_images * after_texts).sum(1)
+    own_after, other_after = (after_images * after_texts).sum(1), (after_images * before_texts).sum(1)
+    hard = torch.cat([own_before > other_before, own_after > other_after]).float()
+    by_kind = {}
+    for kind in dict.fromkeys(kinds):
+        mask = torch.tensor([k == kind for k in kinds]).repeat(2)
+        by_kind[kind] = round(hard[mask].mean().item(), 4)
+    return {
+        "retrieval_top1": round(hits / total, 4),
+        "retrieval_top1_text_to_image": round(hits_text / total, 4),
+        "retrieval_candidates": min(RETRIEVAL_CANDIDATES, examples),
+        "retrieval_top1_hard": round(hard.mean().item(), 4),
+        "retrieval_top1_hard_by_kind": by_kind,
+        "eval_split": split,
+        "eval_images": examples,
+        "eval_hard_pairs": examples,
+    }
+
+
+def train_clip(
+    output_dir,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    image_size: int = 64,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+    eval_examples: int = 1024,
+    model_config: dict | None = None,
+) -> dict:
+    """Train the small CLIP contrastively on rendered scenes and their captions; write output_dir/model.
+
+    `model_config` overrides parts of `clip_config` (tests use tiny widths: {"text_config": {...}, ...}).
+    Returns the metrics also written to output_dir/metrics.json.
+    """
+    output_dir = _check_arguments(output_dir, steps, batch_size, learning_rate, image_size, 8, 2, checkpoint_every, eval_examples)
+    from transformers import CLIPModel
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_clip_tokenizer(vocabulary(), model_max_length=77)
+    torch.manual_seed(seed)
+    model = CLIPModel(clip_config(tokenizer, image_size, model_config))
+    arguments = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+                 "image_size": image_size, "model_config": _model_settings(model_config)}
+
+    def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        scenes = training_scenes(step, batch_size)
+        captions = [caption(s) for s in scenes]
+        pixels = clip_pixels([render(s, image_size) for s in scenes])
+        # Padded to the longest caption, not to 77: with CLIP's causal mask the states up to the
+        # end-of-text token are the same either way, and the loss reads nothing after it.
+        tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        # CLIP's own loss: symmetric InfoNCE over the batch with the learnt temperature. Two equal
+        # captions in a batch would mean two equal scenes, equal images and equal features: the
+        # loss cannot prefer one over the other, so they need no special handling.
+        return model(input_ids=tokens.input_ids, pixel_values=pixels, return_loss=True).loss
+
+    def clamp_temperature():
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    fit = _fit("clip", output_dir, model, step_loss, arguments=arguments, steps=steps, learning_rate=learning_rate,
+               seed=seed, checkpoint_every=checkpoint_every, progress=progress, after_step=clamp_temperature,
+               weight_decay=0.1, betas=(0.9, 0.98))  # CLIP's own choices for transformers
+    started = time.perf_counter()
+    metrics = {"kind": "clip", **arguments, **fit, **evaluate_clip(model, tokenizer, examples=eval_examples, image_size=image_size),
+               "logit_scale": round(model.logit_scale.exp().item(), 2),
+               "parameters": sum(p.numel() for p in model.parameters())}
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
+
+    def save(folder: Path):
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        clip_image_processor(image_size).save_pretrained(folder)
+
+    metrics["model_dir"] = str(_save_model_atomically(output_dir, save))
+    _atomic_write_text(json.dumps(metrics, indent=2) + "\n", output_dir / METRICS)
+    return metrics
+
+
+# --- VAE -----------------------------------------------------------------------------------------
+
+
+def vae_config(image_size: int = 64, overrides: dict | None = None) -> dict:
+    """The small AutoencoderKL: three levels (two downsamplings), 4 latent channels; 64x64 -> 4x16x16."""
+    config = {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1, "norm_num_groups": 32, "sample_size": image_size,
+        **(overrides or {}),
+    }  # fmt: skip
+    levels = len(config["block_out_channels"])
+    config.setdefault("down_block_types", ("DownEncoderBlock2D",) * levels)
+    config.setdefault("up_block_types", ("UpDecoderBlock2D",) * levels)
+    return config
+
+
+def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1]."""
+    mse = ((images - references) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
+    """[0,1] images -> posterior mode -> decoded [0,1] images, quantised to 8 bits as a saved picture is."""
+    latents = vae.encode(images * 2 - 1).latent_dist.mode()
+    decoded = vae.decode(latents).sample
+    return ((decoded / 2 + 0.5).clamp(0, 1) * 255).round() / 255
+
+
+@torch.no_grad()
+def evaluate_vae(vae, *, examples: int = 256, image_size: int = 64, split: str = VAE_TEST_SPLIT, chunk: int = 64) -> dict:
+    """Reconstruction PSNR (posterior mode, 8-bit output) on the scenes of `examples` held-out edit pairs."""
+    vae.eval()
+    values, kinds = [], []
+    for start in range(0, examples, chunk):
+        pairs = [scene_pair(split, i) for i in range(start, min(examples, start + chunk))]
+        scenes = [s for _, before, after in pairs for s in (before, after)]
+        images = to_tensor([render(s, image_size) for s in scenes])
+        values.append(psnr(reconstruct(vae, images), images))
+        kinds += [kind for kind, _, _ in pairs for _ in range(2)]
+    values = torch.cat(values)
+    return {
+        "psnr": round(values.mean().item(), 2),
+        "psnr_min": round(values.min().item(), 2),
+        "psnr_p05": round(values.quantile(0.05).item(), 2),
+        "eval_split": split,
+        "eval_images": len(values),
+    }
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, *, images: int = 512, image_size: int = 64, seed: int = 0) -> tuple[float, float]:
+    """1 / std of posterior samples of training images (what 0.18215 is for SD's VAE), and their mean."""
+    vae.eval()
+    generator = torch.Generator().manual_seed(seed)
+    samples, step, pairs = [], 0, 64
+    while sum(len(s) for s in samples) < images:
+        scenes = training_scenes(10_000_000 + step, 2 * pairs)  # far past any training step: other scenes
+        pixels = to_tensor([render(s, image_size) for s in scenes]) * 2 - 1
+        samples.append(vae.encode(pixels).latent_dist.sample(generator=generator))
+        step += 1
+    latents = torch.cat(samples)[:images]
+    return 1 / latents.std().item(), latents.mean().item()
+
+
+def train_vae(
+    output_dir,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    image_size: int = 64,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+    eval_examples: int = 256,
+    reconstruction_loss: str = "l1",
+    kl_weight: float = 1e-6,
+    model_config: dict | None = None,
+) -> dict:
+    """Train the small AutoencoderKL on rendered scenes; set its scaling factor; write output_dir/model.
+
+    Loss per image, as the latent-diffusion autoencoder's: reconstruction summed over pixels plus
+    `kl_weight` times the KL divergence summed over latents (divided through by the pixel count, so
+    the learning rate does not depend on the image size). `model_config` overrides `vae_config`.
+    """
+    output_dir = _check_arguments(output_dir, steps, batch_size, learning_rate, image_size, 4, 1, checkpoint_every, eval_examples)
+    if reconstruction_loss not in ("l1", "mse", "l1+mse"):
+        raise UserError(f"reconstruction_loss must be l1, mse or l1+mse, not {reconstruction_loss!r}")
+    if not (isinstance(kl_weight, (int, float)) and kl_weight >= 0):
+        raise UserError(f"kl_weight must be a number >= 0, not {kl_weight!r}")
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    try:
+        vae = AutoencoderKL(**vae_config(image_size, model_config))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"bad VAE model_config {model_config}: {error}") from None
+    if 2 ** (len(vae.config.block_out_channels) - 1) > image_size:
+        raise UserError(f"image_size {image_size} is too small for {len(vae.config.block_out_channels)} levels")
+    arguments = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+                 "image_size": image_size, "reconstruction_loss": reconstruction_loss, "kl_weight": kl_weight,
+                 "model_config": _model_settings(model_config)}
+
+    def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        images = to_tensor([render(s, image_size) for s in training_scenes(step, batch_size)]) * 2 - 1
+        posterior = vae.encode(images).latent_dist
+        decoded = vae.decode(posterior.sample(generator=generator)).sample
+        error = decoded - images
+        rec = {"l1": error.abs().mean(), "mse": error.pow(2).mean(), "l1+mse": error.abs().mean() + error.pow(2).mean()}
+        return rec[reconstruction_loss] + kl_weight * posterior.kl().mean() / images[0].numel()
+
+    fit = _fit("vae", output_dir, vae, step_loss, arguments=arguments, steps=steps, learning_rate=learning_rate,
+               seed=seed, checkpoint_every=checkpoint_every, progress=progress, weight_decay=0.0, betas=(0.9, 0.99))
+    started = time.perf_counter()
+    scale, mean = latent_scaling_factor(vae, image_size=image_size, images=min(512, 4 * eval_examples))
+    vae.register_to_config(scaling_factor=round(scale, 5))
+    metrics = {"kind": "vae", **arguments, **fit, **evaluate_vae(vae, examples=eval_examples, image_size=image_size),
+               "scaling_factor": vae.config.scaling_factor, "latent_mean": round(mean, 4),
+               "parameters": sum(p.numel() for p in vae.parameters())}
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["model_dir"] = str(_save_model_atomically(output_dir, lambda folder: vae.save_pretrained(folder, safe_serialization=True)))
+    _atomic_write_text(json.dumps(metrics, indent=2) + "\n", output_dir / METRICS)
+    return metrics
+
+
+# --- command line --------------------------------------------------------------------------------
+
+# The settings that made runs/default's parts (measured on a shared 2-core CPU, held-out scenes):
+# CLIP 150 steps: 62% top-1 among 64 captions, 76% on hard pairs, 12 min; a learning rate of 5e-4
+# beat 3e-4 (same), 1e-3 (47%) and 2e-3 (19%) at 150 steps. VAE 600 steps: 23 dB PSNR, 19 min,
+# short of the 30 dB aimed for: it wants more steps than this budget held.
+DEFAULTS = {
+    "clip": {"steps": 150, "batch_size": 64, "learning_rate": 5e-4},
+    "vae": {"steps": 600, "batch_size": 16, "learning_rate": 1e-3},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m instruct_pix2pix.small_world.pretrain",
+                                     description="Train the small world's CLIP or VAE (resumes from OUTPUT_DIR/checkpoint.pt).")
+    parser.add_argument("part", choices=("clip", "vae"))
+    parser.add_argument("output_dir")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--eval-examples", type=int)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    settings = {**DEFAULTS[args.part], **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                                             ("learning_rate", args.learning_rate),
+                                                             ("eval_examples", args.eval_examples)) if v is not None}}
+    train = train_clip if args.part == "clip" else train_vae
+    try:
+        metrics = train(args.output_dir, seed=args.seed, image_size=args.image_size, checkpoint_every=args.checkpoint_every,
+                        progress=not args.no_progress, **settings)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
