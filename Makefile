@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow demo bench bench-train clean
+.PHONY: setup test test-slow demo train-default bench bench-default bench-train clean
 
 setup: $(VENV)/.installed
 
@@ -27,21 +27,24 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Until the small world ships a default model, the demo edits with a model you name:
-#   make demo MODEL=timbrooks/instruct-pix2pix   (or a local folder / .safetensors file)
+# Renders a held-out small-world scene, edits it several ways (one compound edit) with the shipped
+# default model, and writes demo.png: input, each edit, ground truth. MODEL=... uses another model.
 MODEL ?=
-INPUT ?= examples/input.png
 demo: setup
-	@if [ -z "$(MODEL)" ]; then \
-		echo "make demo needs MODEL=<folder, hub id or .safetensors> until the shipped default model lands"; exit 2; \
-	fi
-	$(VENV)/bin/ip2p edit "$(INPUT)" "turn it into a watercolor painting" --then "make it night" \
-		--model "$(MODEL)" -o demo.png
+	$(VENV)/bin/ip2p world demo -o demo.png $(if $(MODEL),--model "$(MODEL)")
+
+# Retrains the shipped default model from nothing (data, CLIP, VAE, UNet), then packages it.
+train-default: setup
+	$(PY) -m instruct_pix2pix.small_world.recipe
 
 bench: setup
 	$(PY) benchmarks/bench_edit.py
 
 # Our trainer against diffusers' training recipe (and cached latents against none), a few minutes on a CPU.
+# The shipped default model: one 20-step 64x64 edit, ours against diffusers' pipeline.
+bench-default: setup
+	$(PY) benchmarks/bench_edit.py --model default --size 64 --steps 20 --runs 9
+
 bench-train: setup
 	$(PY) benchmarks/bench_train.py
 

@@ -48,7 +48,7 @@ SD15_SCHEDULER_CONFIG = {
     "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True, "trained_betas": None,
 }
 WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
-PROMPT = "turn the sky into a night painting"
+PROMPT = "make it night"  # in the small world's vocabulary too
 
 # Widths: (UNet blocks, attention heads, text hidden / layers / heads / MLP, VAE blocks).
 SIZES = {
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--model", default=None,
+                        help="time this model folder instead of a built one; 'default' is the shipped small-world model "
+                             "(e.g. --model default --size 64 --steps 20)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.steps < 1:
         parser.error("--runs and --steps must be at least 1")
@@ -194,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="ip2p-bench-") as tmp:
         folder = Path(tmp) / "model"
-        counts = save_model(folder, "full" if args.full_size else "small", size, dtype)
+        if args.model:
+            from instruct_pix2pix.models import DEFAULT_MODEL
+
+            folder = DEFAULT_MODEL if args.model == "default" else Path(args.model)
+            model_name, spec, counts = f"model {args.model}", {}, {}
+        else:
+            counts = save_model(folder, "full" if args.full_size else "small", size, dtype)
         ours = Editor.from_pretrained(folder, device=device, dtype=dtype)
         with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in all
             warnings.simplefilter("ignore", FutureWarning)
@@ -226,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             return time.perf_counter() - start
 
+        if not counts:  # a given model: count what was loaded
+            model = ours.model
+            counts = {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("unet", "vae", "text_encoder")}
+            spec = {"unet": model.unet.config.block_out_channels, "vae": model.vae.config.block_out_channels,
+                    "text": (model.text_encoder.config.hidden_size, model.text_encoder.config.num_hidden_layers)}
         print(
             f"{model_name}: UNet {'/'.join(map(str, spec['unet']))} ({counts['unet'] / 1e6:.1f}M params), "
             f"VAE {'/'.join(map(str, spec['vae']))} ({counts['vae'] / 1e6:.1f}M), "
