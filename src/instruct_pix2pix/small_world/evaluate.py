@@ -264,6 +264,6 @@ def demo_sheet(editor, *, seed: int = 0, num_inference_steps: int = 20, guidance
     labels = [[" then ".join(e.instruction for e in chain), ("right" if s.success else "wrong") + f", PSNR {s.psnr:.1f}",
                "ground truth"] for chain, s in zip(chains, scores)]  # fmt: skip
     kinds = [" + ".join(e.kind for e in chain) for chain in chains]
-    sheet = image_grid(rows, column_labels=["input", "edited by the model", "ground truth"], row_labels=kinds,
+    sheet = image_grid(rows, column_labels=["input", "model's edit", "ground truth"], row_labels=kinds,
                        scale=2, cell_labels=labels, cell_label_lines=3)  # fmt: skip
     return sheet, scores

@@ -25,16 +25,13 @@ from pathlib import Path
 import torch
 
 from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.models import DEFAULT_MODEL  # the shipped editing model (diffusers layout)
 
 PACKAGE = Path(__file__).resolve().parent
-DEFAULT_MODEL = PACKAGE / "default_model"  # the shipped editing model (diffusers layout)
 DEFAULT_CLIP = PACKAGE / "clip"  # the shipped small CLIP (for scores and metrics)
 MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default model
 INSTRUCTION_TOKENS = 20  # the editing tokenizer's length: the longest instruction is 13 tokens
 TRAINING_EDITS = 10_000
-# Chosen by short trials on the 2-core development machine (see the README's small-world section).
-CLIP_SETTINGS = dict(steps=150, batch_size=64, learning_rate=5e-4, seed=0)
-VAE_SETTINGS = dict(steps=600, batch_size=16, learning_rate=1e-3, seed=0)
 
 
 def _done(path: Path, stage: str) -> bool:
@@ -136,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(data, args.edits)
     clip, vae = work / "clip" / "model", work / "vae" / "model"  # pretrain writes output_dir/model
     if not _done(clip, "clip"):
-        pretrain.train_clip(work / "clip", **CLIP_SETTINGS)
+        pretrain.train_clip(work / "clip", **pretrain.DEFAULTS["clip"], seed=0)
     if not _done(vae, "vae"):
-        pretrain.train_vae(work / "vae", **VAE_SETTINGS)
+        pretrain.train_vae(work / "vae", **pretrain.DEFAULTS["vae"], seed=0)
     scratch = work / "scratch"
     if not _done(scratch, "scratch"):
         assemble_scratch(clip, vae, scratch)
