@@ -6,10 +6,20 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from instruct_pix2pix.data import open_dataset
 from instruct_pix2pix.small_world import KINDS, PHRASINGS, Scene, Thing, caption, make_edit, render, sample_edits, vocabulary
-from instruct_pix2pix.small_world.evaluate import evaluate, evaluation_edits, format_table, score_edit, unchanged
+from instruct_pix2pix.small_world.evaluate import (
+    alternatives,
+    as_array,
+    evaluate,
+    evaluation_edits,
+    format_table,
+    score_edit,
+    unchanged,
+)
+from instruct_pix2pix.small_world.scenes import COLOURS
 from instruct_pix2pix.small_world.generate import write_dataset, write_samples
 from instruct_pix2pix.tokenizers import build_clip_tokenizer
 
@@ -101,10 +111,17 @@ def test_every_world_word_is_one_token():
 
 
 def test_scores_decide_success_from_ground_truth():
+    wrong_answers = 0
     for edit in sample_edits("test", 3 * len(KINDS)):
         before, after = render(edit.before), render(edit.after)
-        assert score_edit(after, before, after).success, edit.instruction
-        assert not score_edit(before, before, after).success, edit.instruction
+        others = [render(s) for s in alternatives(edit)]  # none when resizing the only object
+        assert edit.after not in alternatives(edit) and edit.before not in alternatives(edit)
+        wrong_answers += len(others)
+        assert score_edit(after, before, after, others).success, edit.instruction
+        assert not score_edit(before, before, after, others).success, edit.instruction
+        for wrong in others:  # another object, colour, shape, size, cell, direction, number, background ...
+            assert not score_edit(wrong, before, after, others).success, edit.instruction
+    assert wrong_answers > 10 * 3 * len(KINDS)
     # the right kind of edit applied to the wrong object fails: something else changed
     edit = make_edit(SCENE, "recolor", random.Random(0))
     other = next(t for t in SCENE.things if t.name not in edit.instruction)
@@ -117,6 +134,28 @@ def test_scores_decide_success_from_ground_truth():
     wrong = night.replace_thing(red, replace(red, colour="purple"))
     assert not score_edit(render(wrong), render(night), render(target)).success
     assert score_edit(render(target), render(night), render(target)).psnr > 90
+
+
+def test_scores_ignore_outlines_but_not_shapes():
+    # a small star recoloured everywhere but on its antialiased outline is recoloured
+    scene = Scene("white", (Thing("blue", "square", "large", (1, 1)), Thing("red", "star", "small", (0, 0))))
+    red = scene.find("red", "star")
+    target = scene.replace_thing(red, replace(red, colour="green"))
+    before, after = np.asarray(render(scene), dtype=int), np.asarray(render(target), dtype=int)
+    changed = np.abs(after - before).max(-1) > 25
+    rim = changed & (np.abs(after - np.array(COLOURS["green"])).max(-1) > 3)
+    assert rim.sum() > 0.3 * changed.sum()  # a small star is a third outline
+    kept_rim = Image.fromarray(np.where(rim[..., None], before, after).astype(np.uint8))
+    assert score_edit(kept_rim, render(scene), render(target)).success
+    # ... but a small square added where a small circle was asked for is the wrong shape
+    base = Scene("white", (Thing("blue", "square", "large", (1, 1)),))
+    add = make_edit(base, "add", random.Random(0))
+    (new,) = [t for t in add.after.things if t not in base.things]
+    asked = replace(add, after=base.with_things(replace(new, shape="circle", size="small")))
+    square = render(base.with_things(replace(new, shape="square", size="small")))
+    others = [render(s) for s in alternatives(asked)]
+    assert score_edit(render(asked.after), render(base), render(asked.after), others).success
+    assert not score_edit(square, render(base), render(asked.after), others).success
 
 
 def test_evaluate_reports_every_kind_and_the_baseline():

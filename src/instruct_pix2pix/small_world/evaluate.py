@@ -1,8 +1,18 @@
 """Measure editing against the small world's exact ground truth.
 
 For every edit we know the input, the instruction and the exactly rendered result. An edit
-succeeds when the pixels the edit should change moved to their new values and the pixels it
-should keep stayed: recolouring the wrong object, or redrawing the whole picture, fails.
+succeeds when the pixels the edit should change moved to their new values, the pixels it should
+keep stayed, and the output is nearer the asked-for result than to any other edit of the same kind
+(another object, colour, shape, position, number): recolouring the wrong object, drawing a square
+where a circle was asked, or redrawing the whole picture, fails.
+
+Both checks look inside shapes and backgrounds, not at their one-pixel antialiased outlines: a
+latent editor redraws every outline through its VAE (4x4 pixels per latent), and whether an
+outline pixel lands within a tenth of its exact value says nothing about whether the edit was
+right. Measured on 40 held-out edits per kind: the exact ground truth passed through the default
+model's VAE passes 19% of the time when outline pixels count and 46% under these rules, while the
+exact rendering of another edit of the same kind passed 1% without the nearest-edit check (a small
+square drawn for a small circle differs from it only at outline pixels) and passes none with it.
 """
 
 from __future__ import annotations
@@ -18,14 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, sample_edits
-from instruct_pix2pix.small_world.scenes import DEFAULT_SIZE, render
+from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, make_edit, sample_edits
+from instruct_pix2pix.small_world.scenes import DEFAULT_SIZE, Scene, render
 
+FLAT = 0.1  # a pixel is inside a shape or background when its 3x3 neighbourhood varies by less than this
 CHANGED = 0.1  # a pixel belongs to the edited region when the edit moves some channel more than this
 CLOSE = 0.3  # a pixel of the edited region is right when its distance to the target is under this share of the edit's
 TOWARD = 0.75  # success: at least this share of the edited region is right
 DISTURBED = 0.1  # a kept pixel counts as disturbed when it moved more than this (mean over channels) ...
 MAX_DISTURBED = 0.01  # ... and success allows at most this share of disturbed kept pixels
+ALTERNATIVES = 32  # draws of other edits of the same kind that an output must be further from than from its target
 EVALUATION_SPLIT = "test"  # scenes from seeds that training data never uses ("train")
 
 
@@ -35,6 +47,14 @@ def as_array(image: Image.Image) -> np.ndarray:
 
 def edited_region(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.abs(after - before).max(axis=-1) > CHANGED
+
+
+def _flat(image: np.ndarray) -> np.ndarray:
+    """Pixels inside a shape or a background: their 3x3 neighbourhood is one colour (within FLAT)."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    around = np.stack([padded[i : i + height, j : j + width] for i in range(3) for j in range(3)])
+    return (around.max(axis=0) - around.min(axis=0)).max(axis=-1) < FLAT
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:
@@ -47,22 +67,74 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return grown
 
 
+# What an instruction of each kind names about the objects it creates or changes; a wrong value of
+# any of these is a wrong answer (the other attributes are checked by "nothing else changed").
+ASKED = {"recolor": ("colour",), "reshape": ("shape",), "add": ("colour", "shape", "size", "cell"),
+         "count": ("colour", "shape", "size"), "move": ("cell",)}  # fmt: skip
+
+
+def alternatives(edit: WorldEdit, draws: int = ALTERNATIVES) -> list[Scene]:
+    """Wrong answers to `edit`: other edits of its kind on the same scene (another object, colour,
+    direction, background, ...), and the asked-for result with another value of what the
+    instruction asks for (ASKED). Distinct, and neither the target nor the input."""
+    import random
+    from dataclasses import replace
+
+    from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES
+
+    target = edit.after
+    found: dict[Scene, None] = {}
+    for draw in range(draws):
+        other = make_edit(edit.before, edit.kind, random.Random(f"alternative/{draw}"))
+        if other is not None:
+            found[other.after] = None
+    new = [t for t in target.things if t not in edit.before.things]
+    rest = tuple(t for t in target.things if t not in new)
+    values = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "cell": target.free_cells()}
+    for attribute in ASKED.get(edit.kind, ()) if new else ():
+        for value in values[attribute]:
+            if attribute == "cell":  # one object to another free cell
+                found.update({replace(target, things=rest + tuple(replace(t, cell=value) if t is thing else t for t in new)): None
+                              for thing in new})  # fmt: skip
+            else:  # every new object alike: "add two stars" gives two of one kind
+                found[replace(target, things=rest + tuple(replace(t, **{attribute: value}) for t in new))] = None
+    found.pop(target, None)
+    found.pop(edit.before, None)
+    return list(found)
+
+
+def _nearer_target(out: np.ndarray, target: np.ndarray, others: Sequence[np.ndarray]) -> bool:
+    """Whether `out` is nearer `target` than each of `others` (mean distance where the two differ; a tie is not nearer)."""
+    for other in others:
+        where = np.abs(target - other).max(axis=-1) > CHANGED
+        if where.any() and np.abs(out - target)[where].mean() >= np.abs(out - other)[where].mean():
+            return False
+    return True
+
+
 @dataclass
 class EditScore:
     success: bool
-    toward: float  # share of the edited region that got (nearly) its target value
-    disturbed: float  # share of kept pixels that moved
+    nearest: bool  # nearer the asked-for edit than any other edit of its kind
+    toward: float  # share of the edited region (inside shapes) that got (nearly) its target value
+    disturbed: float  # share of kept pixels (inside shapes) that moved
     l1: float  # mean |output - target| over the image
     psnr: float  # against the target
     l1_outside: float  # mean |output - input| over kept pixels
 
 
-def score_edit(output: Image.Image, before: Image.Image, after: Image.Image) -> EditScore:
+def score_edit(output: Image.Image, before: Image.Image, after: Image.Image,
+               others: Sequence[Image.Image] = ()) -> EditScore:  # fmt: skip
+    """Score `output` for the edit `before` -> `after`; `others` are renderings of other edits of the
+    same kind (see `alternatives`) that it must be further from than from `after`."""
     out, b, a = as_array(output), as_array(before), as_array(after)
     if out.shape != a.shape:
         raise ValueError(f"output is {out.shape[1]}x{out.shape[0]}, the ground truth {a.shape[1]}x{a.shape[0]}")
     changed = edited_region(b, a)
-    kept = ~_grow(changed)
+    inside = _flat(b) & _flat(a)
+    kept = ~_grow(changed) & inside
+    if (changed & inside).any():  # an edit of outlines only (a tiny shape) is judged on them
+        changed &= inside
     to_target, to_input = np.abs(out - a).mean(axis=-1), np.abs(out - b).mean(axis=-1)
     # Relative to the edit's own size, not merely nearer the target than the input: at night red and
     # brown are close, and purple is nearer blue than orange is.
@@ -70,8 +142,10 @@ def score_edit(output: Image.Image, before: Image.Image, after: Image.Image) -> 
     toward = float(right[changed].mean()) if changed.any() else 1.0
     disturbed = float((to_input[kept] > DISTURBED).mean()) if kept.any() else 0.0
     mse = float(((out - a) ** 2).mean())
+    nearest = _nearer_target(out, a, [as_array(o) for o in others])
     return EditScore(
-        success=toward >= TOWARD and disturbed <= MAX_DISTURBED,
+        success=toward >= TOWARD and disturbed <= MAX_DISTURBED and nearest,
+        nearest=nearest,
         toward=toward,
         disturbed=disturbed,
         l1=float(np.abs(out - a).mean()),
@@ -152,6 +226,7 @@ def evaluate(
         edits = evaluation_edits(per_kind, held_out=held_out, kinds=kinds)
         befores = [render(e.before, size) for e in edits]
         afters = [render(e.after, size) for e in edits]
+        others = [[render(s, size) for s in alternatives(e)] for e in edits]
         for name, method in methods.items():
             if held_out and (method is unchanged or getattr(method, "needs_targets", False)):
                 continue  # the wording cannot matter to these
@@ -159,7 +234,7 @@ def evaluate(
             results: list[Image.Image] = []
             for start in tqdm(range(0, len(edits), chunk), desc=f"{name}, {phrasing} phrasings", disable=not progress):
                 results += method(images[start : start + chunk], [e.instruction for e in edits[start : start + chunk]])
-            scores = [score_edit(out, b, a) for out, b, a in zip(results, befores, afters)]
+            scores = [score_edit(*case) for case in zip(results, befores, afters, others)]
             outputs[f"{name}/{phrasing}"] = list(zip(edits, results))
             by_kind: dict[str, list[EditScore]] = defaultdict(list)
             for edit, score in zip(edits, scores):
@@ -259,7 +334,8 @@ def demo_sheet(editor, *, seed: int = 0, num_inference_steps: int = 20, guidance
                     image_guidance_scale=image_guidance_scale, seed=seed, show_progress=False)  # fmt: skip
     outputs = [editor.edit(image, chain[0].instruction, then=[e.instruction for e in chain[1:]], **settings).images[0]
                for chain in chains]  # fmt: skip
-    scores = [score_edit(out, image, render(chain[-1].after)) for out, chain in zip(outputs, chains)]
+    scores = [score_edit(out, image, render(chain[-1].after), [render(s) for s in alternatives(chain[-1])])
+              for out, chain in zip(outputs, chains)]  # fmt: skip
     rows = [[image, out, render(chain[-1].after)] for out, chain in zip(outputs, chains)]
     labels = [[" then ".join(e.instruction for e in chain), ("right" if s.success else "wrong") + f", PSNR {s.psnr:.1f}",
                "ground truth"] for chain, s in zip(chains, scores)]  # fmt: skip
