@@ -55,9 +55,11 @@ def losses(output_dir: Path) -> list[float]:
 
 def test_tiny_run_writes_metrics_checkpoints_and_a_model_diffusers_loads(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    final = train(load_config(None, settings(tiny_dataset, out)), show_progress=False)
+    final = train(load_config(None, settings(tiny_dataset, out, lr_scheduler="linear", lr_warmup_steps=1)), show_progress=False)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # diffusers' linear schedule after one warmup step, stepped once per optimizer step (not per micro-batch)
+    assert np.allclose([r["lr"] / 1e-4 for r in records], [1, 2 / 3, 1 / 3, 0])
     assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in records)
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # keeps the last 1
     assert not list(out.glob(".*tmp"))
@@ -126,6 +128,7 @@ def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_pat
     (["max_train_steps=zero"], "max_train_steps"),
     (["conditioning_dropout_prob=0.5"], "conditioning_dropout_prob"),
     (["mixed_precision=fp8"], "mixed_precision"),
+    (["lr_scheduler=sometimes"], "lr_scheduler"),
 ])
 def test_bad_settings(overrides, message, tmp_path):
     with pytest.raises(UserError, match=message):

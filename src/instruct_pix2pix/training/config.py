@@ -17,6 +17,9 @@ import yaml
 
 from instruct_pix2pix.errors import UserError
 
+# diffusers' get_scheduler names that need no more than warmup and total steps
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
 
 @dataclass
 class TrainConfig:
@@ -39,7 +42,8 @@ class TrainConfig:
     max_train_steps: int = 1000  # optimizer steps
     train_batch_size: int = 4  # per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 1e-4  # AdamW, constant after the warmup
+    learning_rate: float = 1e-4  # AdamW's peak
+    lr_scheduler: str = "constant_with_warmup"  # diffusers' get_scheduler: constant, constant_with_warmup, linear, cosine, ...
     lr_warmup_steps: int = 0  # linear warmup, in optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -72,6 +76,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise UserError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, not {self.lr_scheduler!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.max_resize_resolution is not None and self.max_resize_resolution < self.resolution:

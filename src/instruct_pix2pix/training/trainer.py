@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
@@ -211,10 +212,9 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> Path:
         unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
-    # Warmup, then constant. accelerate steps the scheduler once per process per optimizer step.
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step // world_size + 1) / (config.lr_warmup_steps + 1))
-    )
+    # As the reference script: accelerate steps the scheduler once per process per optimizer step.
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * world_size,
+                                 num_training_steps=config.max_train_steps * world_size)  # fmt: skip
     ema = None
     if config.use_ema:
         from diffusers.training_utils import EMAModel
