@@ -1,6 +1,6 @@
 """The shipped default model: it loads with no source, it is small, and on held-out scenes its edits
-keep what they should and come nearer the exact ground truth than the unchanged input does for the
-kinds it has learned (background and global changes; the README's small-world results show every kind).
+succeed where it has learned to (removals and global changes; the README's small-world results show
+every kind), keep what they should, and come nearer the exact ground truth than the unchanged input.
 
 A broken checkpoint, a broken engine or a broken loader cannot pass: the comparison is against the
 rendered ground truth of scenes whose seeds training never used.
@@ -12,7 +12,8 @@ from instruct_pix2pix import Editor
 from instruct_pix2pix.models import DEFAULT_MODEL
 from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, unchanged
 
-KINDS = ("background", "global")
+KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
+LEARNED = ("remove", "global")  # the kinds it gets right most often (README: 42% and 20% of 40 each)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,19 @@ def test_the_default_model_is_shipped_small(editor):
     assert editor.model.default_resolution == 64 and editor.model.about["words"]
 
 
-def test_default_model_edits_move_held_out_scenes_toward_the_ground_truth(editor):
-    """Over every kind it keeps what it should (an editor that ignored the input image scores 0.24 on
-    kept pixels, this model 0.06), and background and global edits beat the unchanged input."""
-    methods = {"model": editor_method(editor), "unchanged input": unchanged}
-    rows, _ = evaluate(methods, per_kind=4, progress=False)
+def test_default_model_edits_held_out_scenes_right(editor):
+    """Removals and global changes on 12 held-out scenes each (training wording) succeed 9 times in 24
+    (an editor that ignores the input image: 0), and over every kind the edits keep what they should
+    (L1 on kept pixels 0.04; the image-blind editor 0.15 and more)."""
+    rows, _ = evaluate({"model": editor_method(editor)}, per_kind=12, kinds=LEARNED, progress=False)
+    right = next(r for r in rows if (r.phrasing, r.kind) == ("training", "all"))
+    assert right.success * right.count >= 5, f"{right.success * right.count:.0f} of 24 removals and global changes succeeded"
+
+    rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False)
     by = {(r.method, r.kind): r for r in rows if r.phrasing == "training"}
     overall = by["model", "all"]
     message = f"L1 to the ground truth {overall.l1:.3f}, on kept pixels {overall.l1_outside:.3f}"
-    assert overall.l1 < 0.1 and overall.l1_outside < 0.1, message
+    assert overall.l1 < 0.08 and overall.l1_outside < 0.08, message
     for kind in KINDS:
         ours, floor = by["model", kind].l1, by["unchanged input", kind].l1
         assert ours < 0.85 * floor, f"{kind}: L1 to the ground truth {ours:.3f}, the unchanged input's {floor:.3f}"
