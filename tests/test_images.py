@@ -523,3 +523,13 @@ def test_read_png_metadata_errors(tmp_path):
 def test_module_level_names():
     assert DEFAULT_MAX_PIXELS == 64_000_000
     assert images.UserError is UserError
+
+
+def test_grid_captions_wrap_to_the_cell_width_and_say_when_cut():
+    from instruct_pix2pix.images import _wrap
+
+    fits = lambda text: len(text) <= 12  # noqa: E731
+    assert _wrap("place a small blue triangle at the bottom right", fits, 5) == [
+        "place a", "small blue", "triangle at", "the bottom", "right"]  # fmt: skip
+    assert _wrap("place a small blue triangle at the bottom right", fits, 2) == ["place a", "small blu..."]
+    assert _wrap("", fits, 3) == [] and _wrap("words", fits, 0) == []

@@ -15,7 +15,7 @@ import secrets
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -387,11 +387,13 @@ def image_grid(
     left = 6 + max((int(font.getlength(label)) for label in row_labels), default=-6)
     top = line + 4 if column_labels else 0
     below = cell_label_lines * line
-    chars = max(8, int(width / max(font.getlength("m"), 1)))
+    def fits(text: str) -> bool:
+        return font.getlength(text) <= width
+
     grid = Image.new("RGB", (left + columns * (width + 4), top + len(cells) * (height + below + 4)), "white")
     draw = ImageDraw.Draw(grid)
     for c, label in enumerate(column_labels):
-        draw.text((left + c * (width + 4), 2), label[:chars], fill="black", font=font)
+        draw.text((left + c * (width + 4), 2), " ".join(_wrap(label, fits, 1)), fill="black", font=font)
     for r, row in enumerate(cells):
         y = top + r * (height + below + 4)
         if r < len(row_labels):
@@ -401,16 +403,22 @@ def image_grid(
             if img is not None:
                 grid.paste(img, (x, y))
             text = cell_labels[r][c] if r < len(cell_labels) and c < len(cell_labels[r]) else ""
-            for k, piece in enumerate(_wrap(text, chars)[:cell_label_lines]):
+            for k, piece in enumerate(_wrap(text, fits, cell_label_lines)):
                 draw.text((x, y + height + 1 + k * line), piece, fill="black", font=font)
     return grid
 
 
-def _wrap(text: str, width: int) -> list[str]:
+def _wrap(text: str, fits: Callable[[str], bool], most: int) -> list[str]:
+    """Words into at most `most` lines that fit; when words are left over, the last line ends in '...'."""
     lines: list[str] = []
     for word in text.split():
-        if lines and len(lines[-1]) + 1 + len(word) <= width:
+        if lines and fits(lines[-1] + " " + word):
             lines[-1] += " " + word
         else:
             lines.append(word)
+    if len(lines) > most:
+        lines = lines[:most]
+        while lines and lines[-1] and not fits(lines[-1] + "..."):
+            lines[-1] = lines[-1][:-1]
+        lines = [*lines[:-1], lines[-1] + "..."] if lines else []
     return lines

@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, make_edit, sample_edits
-from instruct_pix2pix.small_world.scenes import DEFAULT_SIZE, Scene, render
+from instruct_pix2pix.small_world.scenes import COLOURS, DEFAULT_SIZE, SHAPES, SIZES, Scene, render
 
 FLAT = 0.1  # a pixel is inside a shape or background when its 3x3 neighbourhood varies by less than this
 CHANGED = 0.1  # a pixel belongs to the edited region when the edit moves some channel more than this
@@ -79,11 +80,6 @@ def alternatives(edit: WorldEdit, draws: int = ALTERNATIVES) -> list[Scene]:
     direction, background, ...), the asked-for result with another value of what the instruction
     asks for (ASKED), and the asked-for result with an object missing (a "make it night" that loses
     the objects). Distinct, and neither the target nor the input."""
-    import random
-    from dataclasses import replace
-
-    from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES
-
     target = edit.after
     found: dict[Scene, None] = {}
     for draw in range(draws):
@@ -96,8 +92,9 @@ def alternatives(edit: WorldEdit, draws: int = ALTERNATIVES) -> list[Scene]:
     for attribute in ASKED.get(edit.kind, ()) if new else ():
         for value in values[attribute]:
             if attribute == "cell":  # one object to another free cell
-                found.update({replace(target, things=rest + tuple(replace(t, cell=value) if t is thing else t for t in new)): None
-                              for thing in new})  # fmt: skip
+                for index in range(len(new)):
+                    moved = tuple(replace(t, cell=value) if i == index else t for i, t in enumerate(new))
+                    found[replace(target, things=rest + moved)] = None
             else:  # every new object alike: "add two stars" gives two of one kind
                 found[replace(target, things=rest + tuple(replace(t, **{attribute: value}) for t in new))] = None
     found.update({target.replace_thing(thing, None): None for thing in target.things})
@@ -118,7 +115,7 @@ def _nearer_target(out: np.ndarray, target: np.ndarray, others: Sequence[np.ndar
 @dataclass
 class EditScore:
     success: bool
-    nearest: bool  # nearer the asked-for edit than any other edit of its kind
+    nearest: bool  # nearer the asked-for result than any wrong answer
     toward: float  # share of the edited region (inside shapes) that got (nearly) its target value
     disturbed: float  # share of kept pixels (inside shapes) that moved
     l1: float  # mean |output - target| over the image
@@ -128,8 +125,8 @@ class EditScore:
 
 def score_edit(output: Image.Image, before: Image.Image, after: Image.Image,
                others: Sequence[Image.Image] = ()) -> EditScore:  # fmt: skip
-    """Score `output` for the edit `before` -> `after`; `others` are renderings of other edits of the
-    same kind (see `alternatives`) that it must be further from than from `after`."""
+    """Score `output` for the edit `before` -> `after`; `others` are renderings of wrong answers (see
+    `alternatives`) that it must be further from than from `after`."""
     out, b, a = as_array(output), as_array(before), as_array(after)
     if out.shape != a.shape:
         raise ValueError(f"output is {out.shape[1]}x{out.shape[0]}, the ground truth {a.shape[1]}x{a.shape[0]}")
@@ -291,7 +288,7 @@ def example_figure(outputs: dict[str, list[tuple[WorldEdit, Image.Image]]], meth
         rows.append([render(edit.before, size), image, other[1] if other else None, render(edit.after, size)])
         labels.append(["", edit.instruction, other[0].instruction if other else "", ""])
     return image_grid(rows, column_labels=["input", "edit (training wording)", "edit (held-out wording)", "ground truth"],
-                      row_labels=list(seen), scale=scale, cell_labels=labels, cell_label_lines=3)  # fmt: skip
+                      row_labels=list(seen), scale=scale, cell_labels=labels, cell_label_lines=4)  # fmt: skip
 
 
 def run_evaluation(editor, output: Path, *, per_kind: int = 40, num_inference_steps: int = 20,
@@ -322,10 +319,8 @@ def demo_sheet(editor, *, seed: int = 0, num_inference_steps: int = 20, guidance
                image_guidance_scale: float = 1.5) -> tuple[Image.Image, list[EditScore]]:  # fmt: skip
     """`make demo`: one held-out scene, several single edits and one compound edit (two
     instructions in a row), each shown as input | the model's edit | ground truth, and scored."""
-    import random
-
     from instruct_pix2pix.images import image_grid
-    from instruct_pix2pix.small_world.edits import edit_rng, make_edit
+    from instruct_pix2pix.small_world.edits import edit_rng
     from instruct_pix2pix.small_world.scenes import sample_scene
 
     rng = edit_rng("demo", seed)
@@ -348,5 +343,5 @@ def demo_sheet(editor, *, seed: int = 0, num_inference_steps: int = 20, guidance
                "ground truth"] for chain, s in zip(chains, scores)]  # fmt: skip
     kinds = [" + ".join(e.kind for e in chain) for chain in chains]
     sheet = image_grid(rows, column_labels=["input", "model's edit", "ground truth"], row_labels=kinds,
-                       scale=2, cell_labels=labels, cell_label_lines=3)  # fmt: skip
+                       scale=2, cell_labels=labels, cell_label_lines=4)  # fmt: skip
     return sheet, scores
