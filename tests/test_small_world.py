@@ -20,8 +20,8 @@ from instruct_pix2pix.small_world.evaluate import (
     score_edit,
     unchanged,
 )
-from instruct_pix2pix.small_world.scenes import COLOURS
 from instruct_pix2pix.small_world.generate import write_dataset, write_samples
+from instruct_pix2pix.small_world.scenes import COLOURS
 from instruct_pix2pix.tokenizers import build_clip_tokenizer
 
 SCENE = Scene("white", (Thing("blue", "square", "large", (1, 1)), Thing("red", "circle", "small", (0, 0))))
@@ -115,8 +115,9 @@ def test_scores_decide_success_from_ground_truth():
     wrong_answers = 0
     for edit in sample_edits("test", 3 * len(KINDS)):
         before, after = render(edit.before), render(edit.after)
-        others = [render(s) for s in alternatives(edit)]  # none when resizing the only object
-        assert edit.after not in alternatives(edit) and edit.before not in alternatives(edit)
+        wrong_scenes = alternatives(edit)  # none when resizing the only object
+        assert edit.after not in wrong_scenes and edit.before not in wrong_scenes
+        others = [render(s) for s in wrong_scenes]
         wrong_answers += len(others)
         assert score_edit(after, before, after, others).success, edit.instruction
         assert not score_edit(before, before, after, others).success, edit.instruction
@@ -186,6 +187,11 @@ def test_evaluate_reports_every_kind_and_the_baseline():
     assert {r.kind for r in rows} == {*KINDS, "all"}
     assert "| **all** | 100%" in format_table(rows)
     assert len(outputs["perfect/training"]) == 2 * len(KINDS)
+    echo = lambda inputs, instructions: list(inputs)  # noqa: E731  (not `unchanged`: that one skips held-out wording)
+    rows, _ = evaluate({"echo": echo}, per_kind=1, kinds=("remove",), progress=False, phrasings=["held-out"])
+    assert {(r.phrasing, r.kind) for r in rows} == {("held-out", "remove"), ("held-out", "all")}
+    with pytest.raises(ValueError, match="unknown phrasings"):
+        evaluate({"echo": echo}, per_kind=1, phrasings=["trainig"])
 
 
 def test_dataset_is_readable_by_the_trainer_and_resumes(tmp_path):

@@ -387,6 +387,7 @@ def image_grid(
     left = 6 + max((int(font.getlength(label)) for label in row_labels), default=-6)
     top = line + 4 if column_labels else 0
     below = cell_label_lines * line
+
     def fits(text: str) -> bool:
         return font.getlength(text) <= width
 
@@ -417,8 +418,10 @@ def _wrap(text: str, fits: Callable[[str], bool], most: int) -> list[str]:
         else:
             lines.append(word)
     if len(lines) > most:
+        if not most:
+            return []
         lines = lines[:most]
-        while lines and lines[-1] and not fits(lines[-1] + "..."):
+        while lines[-1] and not fits(lines[-1] + "..."):
             lines[-1] = lines[-1][:-1]
-        lines = [*lines[:-1], lines[-1] + "..."] if lines else []
+        lines[-1] += "..."
     return lines

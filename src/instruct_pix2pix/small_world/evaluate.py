@@ -41,6 +41,7 @@ DISTURBED = 0.1  # a kept pixel counts as disturbed when it moved more than this
 MAX_DISTURBED = 0.01  # ... and success allows at most this share of disturbed kept pixels
 ALTERNATIVES = 32  # draws of other edits of the same kind that an output must be further from than from its target
 EVALUATION_SPLIT = "test"  # scenes from seeds that training data never uses ("train")
+WORDINGS = ("training", "held-out")  # the instructions' wording: seen in training, or held out of it
 
 
 def as_array(image: Image.Image) -> np.ndarray:
@@ -215,15 +216,21 @@ def evaluate(
     size: int = DEFAULT_SIZE,
     chunk: int = 64,
     progress: bool = True,
+    phrasings: Sequence[str] = WORDINGS,
 ) -> tuple[list[Row], dict[str, list[tuple[WorldEdit, Image.Image]]]]:
-    """Score every method on both phrasings; returns table rows and, per method and phrasing, the
-    (edit, output) pairs for figures. Methods that ignore wording are run once (training phrasing)."""
+    """Score every method on each phrasing ("training", "held-out"); returns table rows and, per method
+    and phrasing, the (edit, output) pairs for figures. Methods that ignore wording are run once
+    (training phrasing)."""
     from tqdm.auto import tqdm
+
+    if unknown := set(phrasings) - set(WORDINGS):
+        raise ValueError(f"unknown phrasings {sorted(unknown)}: use {', '.join(WORDINGS)}")
 
     rows: list[Row] = []
     outputs: dict[str, list[tuple[WorldEdit, Image.Image]]] = {}
     wrong_answers: dict[tuple[Scene, Scene], list[Image.Image]] = {}  # the phrasings share their scenes
-    for phrasing, held_out in (("training", False), ("held-out", True)):
+    for phrasing in phrasings:
+        held_out = phrasing == "held-out"
         edits = evaluation_edits(per_kind, held_out=held_out, kinds=kinds)
         befores = [render(e.before, size) for e in edits]
         afters = [render(e.after, size) for e in edits]
