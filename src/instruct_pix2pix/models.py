@@ -9,6 +9,7 @@ extractor) are never loaded. Model classes are looked up by name inside `transfo
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,6 +292,20 @@ def describe(source: str | Path | None, *, config: str | Path | None = None) -> 
     }
 
 
+@contextmanager
+def no_torchvision_warnings():
+    """transformers' image processors warn that torchvision is missing and advise installing it; we
+    need none (there is no CPU build to install, and Pillow does our image work), so say nothing."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def save_model(model: EditingModel, folder: str | Path, *, extra_unets: dict[str, UNet2DConditionModel] | None = None) -> None:
     """Write a diffusers-format folder (model_index.json and all) that diffusers' pipeline loads too.
 
@@ -300,8 +315,10 @@ def save_model(model: EditingModel, folder: str | Path, *, extra_unets: dict[str
     import os
     import shutil
 
-    from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline
     import diffusers
+
+    with no_torchvision_warnings():  # importing the pipeline imports transformers' image processors
+        from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline
 
     folder = Path(folder)
     scheduler_class = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None)

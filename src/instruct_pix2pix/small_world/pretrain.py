@@ -256,11 +256,14 @@ def clip_config(tokenizer, image_size: int = 64, overrides: dict | None = None):
 
 def clip_image_processor(image_size: int = 64):
     """Resize the short side to the model's size, centre-crop to a square, [0,1], CLIP's mean/std."""
-    from transformers import CLIPImageProcessor
+    from instruct_pix2pix.models import no_torchvision_warnings
 
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                              do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True,
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    with no_torchvision_warnings():
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                                  do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True,
+                                  image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
 
 
 @torch.no_grad()
