@@ -13,7 +13,7 @@ from instruct_pix2pix.models import DEFAULT_MODEL
 from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, unchanged
 
 KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
-LEARNED = ("remove", "global")  # the kinds it gets right most often (README: 42% and 20% of 40 each)
+LEARNED = ("remove", "global")  # the kinds it gets right most often (README: 55% and 32% of 40 each)
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,19 @@ def test_the_default_model_is_shipped_small(editor):
 
 
 def test_default_model_edits_held_out_scenes_right(editor):
-    """Removals and global changes on 12 held-out scenes each (training wording) succeed 9 times in 24
+    """Removals and global changes on 12 held-out scenes each (training wording) succeed 11 times in 24
     (an editor that ignores the input image: 0), and over every kind the edits keep what they should
-    (L1 on kept pixels 0.04; the image-blind editor 0.15 and more)."""
+    (L1 on kept pixels 0.03; the image-blind editor 0.15 and more)."""
     rows, _ = evaluate({"model": editor_method(editor)}, per_kind=12, kinds=LEARNED, progress=False, phrasings=["training"])
     right = next(r for r in rows if r.kind == "all")
-    assert right.success * right.count >= 5, f"{right.success * right.count:.0f} of 24 removals and global changes succeeded"
+    assert right.success * right.count >= 8, f"{right.success * right.count:.0f} of 24 removals and global changes succeeded"
 
     rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False,
                        phrasings=["training"])  # fmt: skip
     by = {(r.method, r.kind): r for r in rows}
     overall = by["model", "all"]
     message = f"L1 to the ground truth {overall.l1:.3f}, on kept pixels {overall.l1_outside:.3f}"
-    assert overall.l1 < 0.08 and overall.l1_outside < 0.08, message
+    assert overall.l1 < 0.05 and overall.l1_outside < 0.05, message
     for kind in KINDS:
         ours, floor = by["model", kind].l1, by["unchanged input", kind].l1
-        assert ours < 0.85 * floor, f"{kind}: L1 to the ground truth {ours:.3f}, the unchanged input's {floor:.3f}"
+        assert ours < 0.5 * floor, f"{kind}: L1 to the ground truth {ours:.3f}, the unchanged input's {floor:.3f}"

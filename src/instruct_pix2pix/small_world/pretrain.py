@@ -519,7 +519,7 @@ def train_vae(
 # 2-core CPU CLIP takes about 4 min and the VAE about 14 (measured figures in the README).
 DEFAULTS = {
     "clip": {"steps": 600, "batch_size": 64, "learning_rate": 5e-4},
-    "vae": {"steps": 2400, "batch_size": 16, "learning_rate": 1e-3},
+    "vae": {"steps": 7200, "batch_size": 16, "learning_rate": 1e-3},
 }
 
 
