@@ -12,8 +12,9 @@ whether an outline pixel lands within a tenth of its exact value says nothing ab
 was right. Measured on 40 held-out edits per kind, the exact ground truth passed through the
 default model's first VAE (2400 steps) passed 19% of the time when outlines counted; under these
 rules it passes 38% (the rest that VAE really gets wrong: pink on a light background fades nearly
-away, small shapes blur into blobs), and through today's, trained 3x longer, 73%. Exact renderings of wrong edits of the same kind passed 1% when outlines counted (a
-small square drawn for a small circle differs from it only at outlines) and pass none now.
+away, small shapes blur into blobs), and through today's, trained 3x longer, 73%. Exact renderings
+of wrong edits of the same kind passed 1% when outlines counted (a small square drawn for a small
+circle differs from it only at outlines) and pass none now.
 """
 
 from __future__ import annotations
