@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow demo train-default bench bench-default bench-train clean
+.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup
 	$(PY) -m pytest -q
 
+# ruff (configured in pyproject.toml): the lint rules and the formatter's check; `make format` applies both.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
@@ -35,7 +44,7 @@ demo: setup
 
 # Retrains the shipped default model from nothing (data, CLIP, VAE, UNet), then packages it.
 train-default: setup
-	$(PY) -m instruct_pix2pix.small_world.recipe
+	$(VENV)/bin/ip2p world train-default
 
 bench: setup
 	$(PY) benchmarks/bench_edit.py

@@ -8,7 +8,7 @@ table shows the median of --runs runs at image_guidance_scale 1.5 (three UNet br
 and 1.0 (diffusers still runs three branches, we run two). The warm-up outputs are compared once,
 as float pixels, so the two sides are known to do the same work.
 
-    .venv/bin/python benchmarks/bench_edit.py                        # CPU, small SD, ~2 min on 2 cores
+    .venv/bin/python benchmarks/bench_edit.py                        # CPU, small SD (timings: benchmarks/README.md)
     .venv/bin/python benchmarks/bench_edit.py --device cuda --full-size   # real SD 1.5 sizes, float16
 
 Random weights time the same as trained ones: the work is the same shapes either way.
@@ -30,24 +30,55 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no import-time notices
 
+import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionInstructPix2PixPipeline,
+    UNet2DConditionModel,
+)  # fmt: skip
 from PIL import Image  # noqa: E402
-
-import diffusers  # noqa: E402
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from instruct_pix2pix.editing import SCHEDULERS, Editor, make_scheduler  # noqa: E402
+from instruct_pix2pix.editing import Editor  # noqa: E402
+from instruct_pix2pix.settings import SCHEDULERS, make_scheduler  # noqa: E402
 from instruct_pix2pix.tokenizers import build_clip_tokenizer  # noqa: E402
 
 # SD 1.5's scheduler config (as in tests/conftest.py): the one timbrooks/instruct-pix2pix ships.
 SD15_SCHEDULER_CONFIG = {
-    "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-    "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True, "trained_betas": None,
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "trained_betas": None,
 }
-WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
+WORDS = [
+    "make",
+    "it",
+    "snowy",
+    "turn",
+    "the",
+    "sky",
+    "into",
+    "a",
+    "night",
+    "add",
+    "fireworks",
+    "red",
+    "blue",
+    "circle",
+    "square",
+    "painting",
+    "watercolor",
+]
 PROMPT = "make it night"  # in the small world's vocabulary too
 
 # Widths: (UNet blocks, attention heads, text hidden / layers / heads / MLP, VAE blocks).
@@ -65,21 +96,39 @@ def build_parts(size: str, image_size: int, seed: int = 0) -> dict:
     hidden, layers, text_heads, mlp = spec["text"]
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-            num_attention_heads=text_heads, max_position_embeddings=77, hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=text_heads,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     )
     unet = UNet2DConditionModel(
-        sample_size=image_size // 8, in_channels=8, out_channels=4, layers_per_block=2,
+        sample_size=image_size // 8,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=spec["unet"],
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden, attention_head_dim=spec["heads"], norm_num_groups=32,
+        cross_attention_dim=hidden,
+        attention_head_dim=spec["heads"],
+        norm_num_groups=32,
     )
     vae = AutoencoderKL(
-        block_out_channels=spec["vae"], in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-        norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=spec["vae"],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         sample_size=image_size,
     )
     scheduler = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER_CONFIG)
@@ -92,7 +141,9 @@ def save_model(folder: Path, size: str, image_size: int, dtype: torch.dtype) -> 
     if dtype != torch.float32:  # saved in float16 for --full-size: half the disk, and both sides load it as float16
         for name in ("unet", "vae", "text_encoder"):
             parts[name].to(dtype)
-    pipe = StableDiffusionInstructPix2PixPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(folder)
     return counts
 
@@ -116,8 +167,12 @@ def machine(device: torch.device) -> dict:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
-        "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -159,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs per side and setting (median reported)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 256, 512 with --full-size)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side in pixels (default 256, 512 with --full-size)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--full-size", action="store_true", help="real SD 1.5 widths in float16 (for a GPU)")
     parser.add_argument("--scheduler", default="euler_ancestral", choices=list(SCHEDULERS))
@@ -168,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    parser.add_argument("--model", default=None,
-                        help="time this model folder instead of a built one; 'default' is the shipped small-world model "
-                             "(e.g. --model default --size 64 --steps 20)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="time this model folder instead of a built one; 'default' is the shipped "
+        "small-world model (e.g. --model default --size 64 --steps 20)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.steps < 1:
         parser.error("--runs and --steps must be at least 1")
@@ -198,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ip2p-bench-") as tmp:
         folder = Path(tmp) / "model"
         if args.model:
-            from instruct_pix2pix.models import DEFAULT_MODEL
+            from instruct_pix2pix.loading import DEFAULT_MODEL
 
             folder = DEFAULT_MODEL if args.model == "default" else Path(args.model)
             model_name, spec, counts = f"model {args.model}", {}, {}
@@ -219,13 +279,21 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_ours(igs: float):
             return ours.edit(
-                image, PROMPT, **common, image_guidance_scale=igs, seed=args.seed, scheduler=args.scheduler,
-                resolution=size, show_progress=False,
+                image,
+                PROMPT,
+                **common,
+                image_guidance_scale=igs,
+                seed=args.seed,
+                scheduler=args.scheduler,
+                resolution=size,
+                show_progress=False,
             )
 
         def run_diffusers(igs: float, output_type: str = "pil"):
             generator = torch.Generator("cpu").manual_seed(args.seed)
-            return pipe(PROMPT, image=image, **common, image_guidance_scale=igs, generator=generator, output_type=output_type)
+            return pipe(
+                PROMPT, image=image, **common, image_guidance_scale=igs, generator=generator, output_type=output_type
+            )
 
         def timed(fn) -> float:
             gc.collect()
@@ -237,9 +305,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if not counts:  # a given model: count what was loaded
             model = ours.model
-            counts = {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in ("unet", "vae", "text_encoder")}
-            spec = {"unet": model.unet.config.block_out_channels, "vae": model.vae.config.block_out_channels,
-                    "text": (model.text_encoder.config.hidden_size, model.text_encoder.config.num_hidden_layers)}
+            counts = {
+                part: sum(p.numel() for p in getattr(model, part).parameters())
+                for part in ("unet", "vae", "text_encoder")
+            }
+            spec = {
+                "unet": model.unet.config.block_out_channels,
+                "vae": model.vae.config.block_out_channels,
+                "text": (model.text_encoder.config.hidden_size, model.text_encoder.config.num_hidden_layers),
+            }
         print(
             f"{model_name}: UNet {'/'.join(map(str, spec['unet']))} ({counts['unet'] / 1e6:.1f}M params), "
             f"VAE {'/'.join(map(str, spec['vae']))} ({counts['vae'] / 1e6:.1f}M), "
@@ -259,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                 for run in range(args.runs):
                     # Interleaved, and who goes first alternates (ours, diffusers, diffusers, ours, ...) so
                     # that neither side always runs right after the other or gets a drift's better half.
-                    pair = [(times_ours, lambda: run_ours(igs)), (times_diffusers, lambda: run_diffusers(igs))]
+                    pair = [
+                        (times_ours, lambda igs=igs: run_ours(igs)),
+                        (times_diffusers, lambda igs=igs: run_diffusers(igs)),
+                    ]
                     for times, fn in pair if run % 2 == 0 else pair[::-1]:
                         times.append(timed(fn))
             row = {
@@ -283,16 +360,23 @@ def main(argv: list[str] | None = None) -> int:
         unet = ours.model.unet
         with torch.inference_mode():
             for branches in (3, 2):
-                latents = torch.randn(branches, unet.config.in_channels, size // 8, size // 8, device=device, dtype=dtype)
+                latents = torch.randn(
+                    branches, unet.config.in_channels, size // 8, size // 8, device=device, dtype=dtype
+                )
                 states = torch.randn(branches, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-                step = lambda: unet(latents, 500, encoder_hidden_states=states, return_dict=False)  # noqa: E731
+
+                def step(latents=latents, states=states):
+                    return unet(latents, 500, encoder_hidden_states=states, return_dict=False)
+
                 step()
                 unet_s[branches] = statistics.median(timed(step) for _ in range(7))
-        del ours, pipe
+        ours = pipe = None  # free both before the next size
 
     total_s = time.perf_counter() - started
     print()
-    print(f"{'setting':<28} {'ours median s':>14} {'diffusers median s':>19} {'ours/diffusers':>15} {'max |Δpixel|':>13}")
+    print(
+        f"{'setting':<28} {'ours median s':>14} {'diffusers median s':>19} {'ours/diffusers':>15} {'max |Δpixel|':>13}"
+    )
     for row in rows:
         setting = f"image_guidance_scale {row['image_guidance_scale']}"
         print(
@@ -305,25 +389,44 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
         f"torch {info['torch']}, diffusers {info['diffusers']}, device {info['device']}{gpu}"
     )
-    print(f"median of {args.runs} interleaved runs (ours first, then diffusers first, ...) after one warm-up each; total {total_s:.0f} s")
+    print(
+        f"median of {args.runs} interleaved runs (ours first, then diffusers first, ...) after one warm-up each; "
+        f"total {total_s:.0f} s"
+    )
     unet_share = args.steps * unet_s[3] / statistics.median(row["diffusers_median_s"] for row in rows)
     print(
-        f"one UNet forward: 3 branches {unet_s[3]:.3f} s, 2 branches {unet_s[2]:.3f} s (ratio {unet_s[2] / unet_s[3]:.3f}); "
-        f"the UNet is about {unet_share:.0%} of a diffusers edit"
+        f"one UNet forward: 3 branches {unet_s[3]:.3f} s, 2 branches {unet_s[2]:.3f} s "
+        f"(ratio {unet_s[2] / unet_s[3]:.3f}); the UNet is about {unet_share:.0%} of a diffusers edit"
     )
     loads = [row["other_processes_cores"] for row in rows if row["other_processes_cores"] is not None]
     if loads and max(loads) > 0.25:
-        print(f"warning: other processes kept up to {max(loads):.2f} cores busy during the timed runs; the timings are noisy "
-              "(run it on a quiet machine, or with --threads 1 to be less sensitive to one busy neighbour)")
+        print(
+            f"warning: other processes kept up to {max(loads):.2f} cores busy during the timed runs; "
+            "the timings are noisy (run it on a quiet machine, or with --threads 1 to be less sensitive to one "
+            "busy neighbour)"
+        )
     if args.full_size:
-        print("note: our Editor keeps the VAE in float32 under float16 (the SD VAE overflows in float16); diffusers runs it in float16")
+        print(
+            "note: our Editor keeps the VAE in float32 under float16 (the SD VAE overflows in float16); "
+            "diffusers runs it in float16"
+        )
 
     if args.json:
         record = {
-            "model": model_name, "parameters": counts, "widths": spec, "image_size": size, "steps": args.steps,
-            "scheduler": args.scheduler, "guidance_scale": args.guidance_scale, "dtype": str(dtype).removeprefix("torch."),
-            "runs": args.runs, "machine": info, "results": rows,
-            "unet_forward_s": {f"{b}_branches": t for b, t in unet_s.items()}, "setup_s": setup_s, "total_s": total_s,
+            "model": model_name,
+            "parameters": counts,
+            "widths": spec,
+            "image_size": size,
+            "steps": args.steps,
+            "scheduler": args.scheduler,
+            "guidance_scale": args.guidance_scale,
+            "dtype": str(dtype).removeprefix("torch."),
+            "runs": args.runs,
+            "machine": info,
+            "results": rows,
+            "unet_forward_s": {f"{b}_branches": t for b, t in unet_s.items()},
+            "setup_s": setup_s,
+            "total_s": total_s,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")

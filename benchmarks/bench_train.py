@@ -21,7 +21,7 @@ times train() writes to metrics.jsonl). Peak memory is taken over the timed step
 process's peak RSS (VmHWM, reset through /proc/self/clear_refs) and how far it rose above the RSS
 at the start; on a GPU torch.cuda.max_memory_allocated. The table gives medians over --rounds.
 
-    .venv/bin/python benchmarks/bench_train.py                 # about 4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_train.py                 # CPU (timings: benchmarks/README.md)
     .venv/bin/python benchmarks/bench_train.py --threads 1     # steadier on a machine shared with others
     .venv/bin/python benchmarks/bench_train.py --device cuda --size full --resolution 256 --batch-size 16
 """
@@ -41,22 +41,29 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no import-time notices
 
+import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-import diffusers  # noqa: E402
+from bench_edit import OtherLoad, machine, save_model, scene  # noqa: E402  (benchmarks/ is this script's folder)
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
-from bench_edit import OtherLoad, machine, save_model, scene  # noqa: E402  (benchmarks/ is this script's folder)
 from instruct_pix2pix.data import EditExample, open_dataset, write_parquet  # noqa: E402
-from instruct_pix2pix.models import transformers_class  # noqa: E402
+from instruct_pix2pix.loading import transformers_class  # noqa: E402
 from instruct_pix2pix.training import load_config, train, trainer  # noqa: E402
 
 INSTRUCTIONS = ["make it snowy", "turn the sky into a night", "add fireworks", "make it a watercolor painting"]
-SETTINGS = dict(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
-                max_grad_norm=1.0, ema_decay=0.9999, conditioning_dropout_prob=0.05)
+SETTINGS = dict(
+    learning_rate=1e-4,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    adam_weight_decay=1e-2,
+    adam_epsilon=1e-8,
+    max_grad_norm=1.0,
+    ema_decay=0.9999,
+    conditioning_dropout_prob=0.05,
+)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -97,7 +104,12 @@ class Meter:
             peak = rise = None
         else:
             peak, rise = rss_kb("VmHWM") / 1024, (rss_kb("VmHWM") - self.rss) / 1024
-        return {"samples_per_s": self.samples / wall, "samples_per_cpu_s": self.samples / cpu, "peak_mib": peak, "rise_mib": rise}
+        return {
+            "samples_per_s": self.samples / wall,
+            "samples_per_cpu_s": self.samples / cpu,
+            "peak_mib": peak,
+            "rise_mib": rise,
+        }
 
 
 def rss_kb(field: str) -> int | None:
@@ -115,23 +127,32 @@ def reference_window(folder: Path, data: Path, args, device: torch.device) -> di
     """`warmup + steps` steps of diffusers' recipe; the Meter's figures for the timed steps."""
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").to(device)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").to(device)
-    text_encoder = transformers_class(folder, "text_encoder", "CLIPTextModel").from_pretrained(folder / "text_encoder").to(device)
+    text_encoder_class = transformers_class(folder, "text_encoder", "CLIPTextModel")
+    text_encoder = text_encoder_class.from_pretrained(folder / "text_encoder").to(device)
     tokenizer = transformers_class(folder, "tokenizer", "CLIPTokenizer").from_pretrained(folder / "tokenizer")
     noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=SETTINGS["learning_rate"], betas=(SETTINGS["adam_beta1"], SETTINGS["adam_beta2"]),
-                                  weight_decay=SETTINGS["adam_weight_decay"], eps=SETTINGS["adam_epsilon"])
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=SETTINGS["learning_rate"],
+        betas=(SETTINGS["adam_beta1"], SETTINGS["adam_beta2"]),
+        weight_decay=SETTINGS["adam_weight_decay"],
+        eps=SETTINGS["adam_epsilon"],
+    )
     lr_scheduler = diffusers.optimization.get_scheduler("constant", optimizer=optimizer)
-    ema = EMAModel(unet.parameters(), decay=SETTINGS["ema_decay"], model_cls=UNet2DConditionModel, model_config=unet.config)
+    ema = EMAModel(
+        unet.parameters(), decay=SETTINGS["ema_decay"], model_cls=UNet2DConditionModel, model_config=unet.config
+    )
     ema.to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
     p = SETTINGS["conditioning_dropout_prob"]
 
     def tokenize(captions):
-        return tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                         return_tensors="pt").input_ids
+        return tokenizer(
+            captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+        ).input_ids
 
     def pixels(image):  # the script's convert_to_np, then 2 * (x / 255) - 1
         array = np.array(image.convert("RGB").resize((args.resolution, args.resolution))).transpose(2, 0, 1)
@@ -144,8 +165,11 @@ def reference_window(folder: Path, data: Path, args, device: torch.device) -> di
             for _, example in dataset.examples(seed=args.seed, epoch=epoch):
                 batch.append(example)
                 if len(batch) == args.batch_size:
-                    yield (torch.stack([pixels(e.input_image) for e in batch]), torch.stack([pixels(e.edited_image) for e in batch]),
-                           tokenize([e.instruction for e in batch]))
+                    yield (
+                        torch.stack([pixels(e.input_image) for e in batch]),
+                        torch.stack([pixels(e.edited_image) for e in batch]),
+                        tokenize([e.instruction for e in batch]),
+                    )
                     batch = []
 
     data_iter, meter = batches(), Meter(device, args.steps * args.batch_size)
@@ -166,8 +190,12 @@ def reference_window(folder: Path, data: Path, args, device: torch.device) -> di
         encoder_hidden_states = torch.where(prompt_mask, null_conditioning, encoder_hidden_states)
         image_mask = 1 - ((random_p >= p).float() * (random_p < 3 * p).float())
         original_image_embeds = image_mask.reshape(bsz, 1, 1, 1) * original_image_embeds
-        model_pred = unet(torch.cat([noisy_latents, original_image_embeds], dim=1), timesteps, encoder_hidden_states,
-                          return_dict=False)[0]
+        model_pred = unet(
+            torch.cat([noisy_latents, original_image_embeds], dim=1),
+            timesteps,
+            encoder_hidden_states,
+            return_dict=False,
+        )[0]
         loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
         loss.item()  # the script logs the (gathered) loss every step
         loss.backward()
@@ -184,11 +212,28 @@ def reference_window(folder: Path, data: Path, args, device: torch.device) -> di
 
 def our_window(folder: Path, data: Path, out: Path, args, device: torch.device, cache: bool) -> dict:
     """`warmup + steps` steps of train(); the Meter's figures for the timed steps."""
-    config = load_config(None, [f"{k}={v}" for k, v in dict(
-        SETTINGS, pretrained_model_name_or_path=folder, train_data=data, output_dir=out, resolution=args.resolution,
-        random_flip=False, max_resize_resolution=None, train_batch_size=args.batch_size, use_ema=True, seed=args.seed,
-        max_train_steps=args.warmup_steps + args.steps, checkpointing_steps=10**9, checkpoints_total_limit=1,
-        cache_latents=cache).items()])
+    config = load_config(
+        None,
+        [
+            f"{k}={v}"
+            for k, v in dict(
+                SETTINGS,
+                pretrained_model_name_or_path=folder,
+                train_data=data,
+                output_dir=out,
+                resolution=args.resolution,
+                random_flip=False,
+                max_resize_resolution=None,
+                train_batch_size=args.batch_size,
+                use_ema=True,
+                seed=args.seed,
+                max_train_steps=args.warmup_steps + args.steps,
+                checkpointing_steps=10**9,
+                checkpoints_total_limit=1,
+                cache_latents=cache,
+            ).items()
+        ],
+    )
     # Instrumentation only: the meter starts with the first timed step's loss (its batch read, as the
     # reference's), and stops at the final checkpoint, right after the last step.
     batch_loss, save_checkpoint = trainer.batch_loss, trainer.save_checkpoint
@@ -223,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=8, help="training pairs in the dataset")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=128, help="training resolution; the images are 1.25x larger")
-    parser.add_argument("--size", choices=["small", "full"], default="small", help="small SD (default) or SD 1.5 widths")
+    parser.add_argument(
+        "--size", choices=["small", "full"], default="small", help="small SD (default) or SD 1.5 widths"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
@@ -231,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.warmup_steps = args.warmup_steps or args.examples // args.batch_size
     if min(args.rounds, args.steps, args.warmup_steps, args.batch_size) < 1 or args.examples < args.batch_size:
-        parser.error("--rounds, --steps, --warmup-steps and --batch-size must be at least 1, --examples at least the batch")
+        parser.error(
+            "--rounds, --steps, --warmup-steps and --batch-size must be at least 1, --examples at least the batch"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"  # train() runs through accelerate: keep it on the CPU too
@@ -250,8 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         folder, data = Path(tmp) / "model", Path(tmp) / "data.parquet"
         counts = save_model(folder, args.size, args.resolution, torch.float32)
         image = round(args.resolution * 1.25)
-        write_parquet([EditExample(scene(image, image, 2 * i), scene(image, image, 2 * i + 1), INSTRUCTIONS[i % len(INSTRUCTIONS)])
-                       for i in range(args.examples)], data)
+        write_parquet(
+            [
+                EditExample(
+                    scene(image, image, 2 * i), scene(image, image, 2 * i + 1), INSTRUCTIONS[i % len(INSTRUCTIONS)]
+                )
+                for i in range(args.examples)
+            ],
+            data,
+        )
         names = list(sides)
         with OtherLoad() as load:
             for round_ in range(args.rounds):
@@ -271,30 +327,48 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine(device)
     params = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items())
-    print(f"\n{args.size} SD ({params}); {args.examples} pairs at {args.resolution}px, batch {args.batch_size}, "
-          f"AdamW + clipping + EMA, float32, {args.warmup_steps} warmup + {args.steps} timed steps per window")
+    print(
+        f"\n{args.size} SD ({params}); {args.examples} pairs at {args.resolution}px, batch {args.batch_size}, "
+        f"AdamW + clipping + EMA, float32, {args.warmup_steps} warmup + {args.steps} timed steps per window"
+    )
     memory_label = "peak allocated MiB" if device.type == "cuda" else "peak RSS MiB (rise)"
-    print(f"\n{'side':<14}{'samples/s':>10}{'per CPU s':>11}   {'windows (samples/s)':<{6 * args.rounds}} {memory_label}")
+    print(
+        f"\n{'side':<14}{'samples/s':>10}{'per CPU s':>11}   {'windows (samples/s)':<{6 * args.rounds}} {memory_label}"
+    )
     for name in sides:
         peak, rise = median(name, "peak_mib"), median(name, "rise_mib")
         shown = "n/a" if peak is None else f"{peak:.0f}" + ("" if rise is None else f" (+{rise:.0f})")
         windows = " ".join(f"{w['samples_per_s']:5.2f}" for w in sides[name])
-        print(f"{name:<14}{median(name, 'samples_per_s'):>10.2f}{median(name, 'samples_per_cpu_s'):>11.2f}   "
-              f"{windows:<{6 * args.rounds}} {shown}")
-    ratios = {key: (median("ours", key) / median("reference", key), median("ours, cached", key) / median("ours", key))
-              for key in ("samples_per_s", "samples_per_cpu_s")}
+        print(
+            f"{name:<14}{median(name, 'samples_per_s'):>10.2f}{median(name, 'samples_per_cpu_s'):>11.2f}   "
+            f"{windows:<{6 * args.rounds}} {shown}"
+        )
+    ratios = {
+        key: (median("ours", key) / median("reference", key), median("ours, cached", key) / median("ours", key))
+        for key in ("samples_per_s", "samples_per_cpu_s")
+    }
     print(f"\nmedians over {args.rounds} windows    wall time   CPU time")
-    print(f"ours / reference         {ratios['samples_per_s'][0]:9.3f}  {ratios['samples_per_cpu_s'][0]:9.3f}   (>= 1.0 expected)")
+    print(
+        f"ours / reference         {ratios['samples_per_s'][0]:9.3f}  {ratios['samples_per_cpu_s'][0]:9.3f}   "
+        "(>= 1.0 expected)"
+    )
     print(f"cached / uncached (ours) {ratios['samples_per_s'][1]:9.3f}  {ratios['samples_per_cpu_s'][1]:9.3f}")
     other = f"{load.cores:.2f}" if load.cores is not None else "?"
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
-          f"diffusers {info['diffusers']}, device {device}; other processes kept {other} cores busy; "
-          f"total {time.perf_counter() - started:.0f} s")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
+        f"torch {info['torch']}, diffusers {info['diffusers']}, device {device}; "
+        f"other processes kept {other} cores busy; "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
     if load.cores is not None and load.cores > 0.3:
         print("warning: other processes were busy during the runs; the figures are noisy", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"}, "windows": sides,
-                                         "ratios": ratios, "machine": info, "params": counts}, indent=2))
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        args.json.write_text(
+            json.dumps(
+                {"settings": settings, "windows": sides, "ratios": ratios, "machine": info, "params": counts}, indent=2
+            )
+        )
     return 0
 
 

@@ -5,18 +5,49 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionInstructPix2PixPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from instruct_pix2pix.tokenizers import build_clip_tokenizer
 
 SD15_SCHEDULER_CONFIG = {
-    "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-    "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True, "trained_betas": None,
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "trained_betas": None,
 }
-WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
+WORDS = [
+    "make",
+    "it",
+    "snowy",
+    "turn",
+    "the",
+    "sky",
+    "into",
+    "a",
+    "night",
+    "add",
+    "fireworks",
+    "red",
+    "blue",
+    "circle",
+    "square",
+    "painting",
+    "watercolor",
+]
 
 
 def tiny_parts(seed: int = 0, in_channels: int = 8) -> dict:
@@ -25,19 +56,38 @@ def tiny_parts(seed: int = 0, in_channels: int = 8) -> dict:
     tokenizer = build_clip_tokenizer(WORDS)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     )
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=64,
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=64,
     )
     # The scheduler config of timbrooks/instruct-pix2pix (SD 1.5's, with its DDIM/PNDM keys).
     scheduler = EulerAncestralDiscreteScheduler.from_config(SD15_SCHEDULER_CONFIG)

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import scene
 from PIL import Image
 
-from conftest import scene
 from instruct_pix2pix.cli import main
 from instruct_pix2pix.images import read_png_metadata
 
@@ -35,8 +35,9 @@ def assert_one_line_error(code, err, *words):
 
 def test_edit_writes_png_with_reproducible_metadata(capsys, tiny_model_dir, photo, tmp_path):
     out = tmp_path / "out.png"
-    code, stdout, _ = run(capsys, "edit", photo, "make it snowy", "--then", "add fireworks", "-o", out,
-                          "--model", tiny_model_dir, *FAST)
+    code, stdout, _ = run(
+        capsys, "edit", photo, "make it snowy", "--then", "add fireworks", "-o", out, "--model", tiny_model_dir, *FAST
+    )
     assert code == 0 and stdout.strip() == str(out)
     meta = read_png_metadata(out)
     record = json.loads(meta["instruct-pix2pix"])
@@ -58,8 +59,9 @@ def test_folder_input_and_several_variants(capsys, tiny_model_dir, tmp_path):
         scene(64, 64, seed).save(inputs / name)
     (inputs / "notes.txt").write_text("not an image, and not picked up")
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "edit", inputs, "make it snowy", "-o", out, "--model", tiny_model_dir,
-                          "--num-images", "2", *FAST)
+    code, stdout, _ = run(
+        capsys, "edit", inputs, "make it snowy", "-o", out, "--model", tiny_model_dir, "--num-images", "2", *FAST
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_1.png", "a_2.png", "b_1.png", "b_2.png"]
     assert len(stdout.split()) == 4
@@ -75,9 +77,9 @@ def test_several_files_as_input(capsys, tiny_model_dir, tmp_path):
 
 
 def test_info(capsys, tiny_model_dir, text_to_image_model_dir):
-    code, out, _ = run(capsys, "info", tiny_model_dir)
+    code, out, _ = run(capsys, "info", "--model", tiny_model_dir)
     assert code == 0 and "editing model" in out and "8 input channels" in out and "CLIPTextModel" in out
-    code, out, _ = run(capsys, "info", text_to_image_model_dir)
+    code, out, _ = run(capsys, "info", "--model", text_to_image_model_dir)
     assert code == 0 and "not an editing model" in out
 
 
@@ -90,7 +92,9 @@ def test_empty_instruction_returns_the_input(capsys, tiny_model_dir, tmp_path):
 
 
 def test_long_instruction_warns_in_one_line(capsys, tiny_model_dir, photo, tmp_path):
-    code, _, err = run(capsys, "edit", photo, "make it snowy " * 40, "-o", tmp_path / "o.png", "--model", tiny_model_dir, *FAST)
+    code, _, err = run(
+        capsys, "edit", photo, "make it snowy " * 40, "-o", tmp_path / "o.png", "--model", tiny_model_dir, *FAST
+    )
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("ip2p: warning:")]
     assert len(warnings) == 1 and "77 tokens" in warnings[0]
@@ -123,19 +127,27 @@ def test_bad_image_files(capsys, tiny_model_dir, tmp_path, case):
 
 def test_over_the_pixel_limit(capsys, tiny_model_dir, photo, tmp_path):
     out = tmp_path / "out.png"
-    code, _, err = run(capsys, "edit", photo, "make it snowy", "-o", out, "--model", tiny_model_dir, "--max-pixels", "1000", *FAST)
+    code, _, err = run(
+        capsys, "edit", photo, "make it snowy", "-o", out, "--model", tiny_model_dir, "--max-pixels", "1000", *FAST
+    )
     assert_one_line_error(code, err, "--max-pixels")
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--scheduler", "nope"], ["unknown scheduler 'nope'"]),
-    (["--steps", "0"], ["--steps", "at least 1"]),
-    (["--steps", "-5"], ["--steps"]),
-    (["--steps", "many"], ["--steps", "whole number"]),
-    (["--dtype", "float8"], ["unknown dtype"]),
-    (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "nonsense"], ["device"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--scheduler", "nope"], ["--scheduler", "invalid choice: 'nope'", "euler_ancestral"]),
+        (["--steps", "0"], ["--steps", "at least 1"]),
+        (["--steps", "-5"], ["--steps"]),
+        (["--steps", "many"], ["--steps", "whole number"]),
+        (["--dtype", "float8"], ["--dtype", "invalid choice: 'float8'"]),
+        (
+            ["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "nonsense"],
+            ["device"],
+        ),
+    ],
+)
 def test_bad_options(capsys, tiny_model_dir, photo, tmp_path, args, words):
     out = tmp_path / "out.png"
     code, _, err = run(capsys, "edit", photo, "make it snowy", "-o", out, "--model", tiny_model_dir, *FAST[:0], *args)
@@ -190,8 +202,9 @@ def test_unusual_images_are_handled(capsys, tiny_model_dir, tmp_path, name):
     make, size = HANDLED[name]
     make(tmp_path / name)
     out = tmp_path / "out.png"
-    code, _, err = run(capsys, "edit", tmp_path / name, "make it snowy", "-o", out, "--model", tiny_model_dir,
-                       "--keep-size", *FAST)
+    code, _, err = run(
+        capsys, "edit", tmp_path / name, "make it snowy", "-o", out, "--model", tiny_model_dir, "--keep-size", *FAST
+    )
     assert code == 0, err
     assert Image.open(out).size == size and Image.open(out).mode == "RGB"
 
@@ -202,8 +215,22 @@ def test_console_script_exits_without_traceback(tmp_path):
     scene().save(photo)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     ip2p = os.path.join(os.path.dirname(sys.executable), "ip2p")
-    done = subprocess.run([ip2p, "edit", str(photo), "make it snowy", "-o", str(tmp_path / "o.png"),
-                           "--model", "timbrooks/instruct-pix2pix"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            ip2p,
+            "edit",
+            str(photo),
+            "make it snowy",
+            "-o",
+            str(tmp_path / "o.png"),
+            "--model",
+            "timbrooks/instruct-pix2pix",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert_one_line_error(done.returncode, done.stderr, "timbrooks/instruct-pix2pix", "local cache")
     assert not (tmp_path / "o.png").exists()

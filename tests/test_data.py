@@ -18,13 +18,14 @@ from PIL import Image
 from instruct_pix2pix.data import (
     COLUMN_PRESETS,
     EditExample,
+    base,
     describe_dataset,
     open_dataset,
     reference_split_range,
+    sources,
     write_parquet,
     write_reference_folder,
 )
-from instruct_pix2pix.data import datasets as data_module
 from instruct_pix2pix.errors import UserError
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -165,7 +166,8 @@ def test_written_parquet_is_the_datasets_image_schema(tmp_path):
 
     write_parquet(make_examples(3), tmp_path / "x.parquet", image_format="jpeg")
     loaded = datasets.Dataset.from_parquet(str(tmp_path / "x.parquet"), cache_dir=str(tmp_path / "cache"))
-    assert list(loaded.features) == ["original_prompt", "original_image", "edit_prompt", "edited_prompt", "edited_image"]
+    columns = ["original_prompt", "original_image", "edit_prompt", "edited_prompt", "edited_image"]
+    assert list(loaded.features) == columns
     assert isinstance(loaded.features["original_image"], datasets.Image)
     row = loaded[2]
     assert row["edit_prompt"] == "make it 2" and row["original_prompt"] == "photo 2"
@@ -206,7 +208,7 @@ def test_folder_without_split_names_is_all_train(tmp_path):
 
 
 def test_split_names_from_paths():
-    split_of = data_module._split_of
+    split_of = sources._split_of
     from pathlib import PurePath
 
     assert split_of(PurePath("data/train-00000-of-00262-abcdef.parquet")) == "train"
@@ -293,7 +295,8 @@ def test_preset_detection_and_override(tmp_path):
         open_dataset(tmp_path / "b.parquet")
     dataset = open_dataset(tmp_path / "b.parquet", columns={"instruction": "instruction_text"})
     assert dataset.preset is None  # only some of the preset's columns plus a mapping
-    assert dataset.columns["input_caption"] == "original_prompt" and dataset.columns["instruction"] == "instruction_text"
+    assert dataset.columns["input_caption"] == "original_prompt"
+    assert dataset.columns["instruction"] == "instruction_text"
     # An override on top of a detected preset; None drops an optional field.
     dropped = open_dataset(tmp_path / "a.parquet", columns={"edited_caption": None})
     assert "edited_caption" not in dropped.columns
@@ -323,7 +326,10 @@ def test_image_path_column(tmp_path):
 
 @pytest.mark.parametrize(
     ("count", "expected"),
-    [(20, {"train": (0, 18), "val": (18, 19), "test": (19, 20)}), (101, {"train": (0, 90), "val": (90, 95), "test": (95, 101)})],
+    [
+        (20, {"train": (0, 18), "val": (18, 19), "test": (19, 20)}),
+        (101, {"train": (0, 90), "val": (90, 95), "test": (95, 101)}),
+    ],
 )
 def test_reference_split_arithmetic(tmp_path, count, expected):
     for split, bounds in expected.items():
@@ -340,7 +346,8 @@ def test_reference_split_arithmetic(tmp_path, count, expected):
 
 
 def test_reference_round_trip_and_seed_choice(tmp_path):
-    groups = [[make_example(i), make_example(100 + i), make_example(200 + i)] for i in range(18)] + [make_example(50), make_example(60)]
+    groups = [[make_example(i), make_example(100 + i), make_example(200 + i)] for i in range(18)]
+    groups += [make_example(50), make_example(60)]
     assert write_reference_folder(groups, tmp_path / "ref") == 20
     seeds = json.loads((tmp_path / "ref" / "seeds.json").read_text())
     assert seeds[0] == ["0000000", [0, 1, 2]] and seeds[19] == ["0000019", [55]]
@@ -439,18 +446,21 @@ def test_resume_gives_the_tail(source_of, kind):
     for world_size, rank in ((1, 0), (3, 1)):
         full = [(p, e.key) for p, e in dataset.examples(seed=9, epoch=1, rank=rank, world_size=world_size)]
         for start in (0, 1, 2, 5, len(full) - 1, len(full), len(full) + 4):
-            resumed = [(p, e.key) for p, e in dataset.examples(seed=9, epoch=1, start=start, rank=rank, world_size=world_size)]
+            pairs = dataset.examples(seed=9, epoch=1, start=start, rank=rank, world_size=world_size)
+            resumed = [(p, e.key) for p, e in pairs]
             assert resumed == full[start:], (world_size, rank, start)
 
 
 def test_resume_skips_without_reading_or_decoding(tmp_path, monkeypatch):
     dataset = parquet_source(tmp_path, 40)
     decoded = []
-    real_decode = data_module._decode_image
-    monkeypatch.setattr(data_module, "_decode_image", lambda *a: decoded.append(1) or real_decode(*a))
+    real_decode = base._decode_image
+    monkeypatch.setattr(base, "_decode_image", lambda *a: decoded.append(1) or real_decode(*a))
     reads = []
     real_read = dataset.reader.read
-    monkeypatch.setattr(dataset.reader, "read", lambda handles, f, g, c: reads.append((f, g)) or real_read(handles, f, g, c))
+    monkeypatch.setattr(
+        dataset.reader, "read", lambda handles, f, g, c: reads.append((f, g)) or real_read(handles, f, g, c)
+    )
     assert len(list(dataset.examples(seed=0, epoch=0))) == 40
     assert sorted(reads) == sorted(unit[:2] for unit in dataset.reader.units) and len(decoded) == 80
     decoded.clear(), reads.clear()
@@ -483,7 +493,9 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, caplog):
     ]
     table = pa.table(
         {
-            "original_image": pa.array([None if a is None else {"bytes": a, "path": None} for _, a, _ in rows], IMAGE_TYPE),
+            "original_image": pa.array(
+                [None if a is None else {"bytes": a, "path": None} for _, a, _ in rows], IMAGE_TYPE
+            ),
             "edited_image": pa.array([{"bytes": b, "path": None} for _, _, b in rows], IMAGE_TYPE),
             "edit_prompt": pa.array([t for t, _, _ in rows], pa.string()),
         }
@@ -625,7 +637,9 @@ def test_hub_id_offline_is_a_user_error(tmp_path):
         "    print('USERERROR', e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("USERERROR "), done.stdout + done.stderr
     assert "timbrooks/instructpix2pix-clip-filtered" in lines[0]
@@ -654,7 +668,8 @@ def test_hub_downloaded_reads_the_cache_files(tmp_path, local_hub):
     assert dataset.kind == "hub dataset (downloaded)" and len(dataset) == 9
     assert all(path is not None for path in dataset.reader.paths)  # memory-mapped cache files, not a copy
     full = [(p, e.key) for p, e in dataset.examples(seed=0, epoch=0)]
-    assert sorted(e.instruction for _, e in dataset.examples(seed=0, epoch=0)) == sorted(f"make it {i}" for i in range(9))
+    instructions = sorted(e.instruction for _, e in dataset.examples(seed=0, epoch=0))
+    assert instructions == sorted(f"make it {i}" for i in range(9))
     assert [(p, e.key) for p, e in dataset.examples(seed=0, epoch=0, start=4)] == full[4:]
 
 

@@ -9,7 +9,7 @@ rendered ground truth of scenes whose seeds training never used.
 import pytest
 
 from instruct_pix2pix import Editor
-from instruct_pix2pix.models import DEFAULT_MODEL
+from instruct_pix2pix.loading import DEFAULT_MODEL
 from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, unchanged
 
 KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
@@ -31,9 +31,13 @@ def test_default_model_edits_held_out_scenes_right(editor):
     """Removals and global changes on 12 held-out scenes each (training wording) succeed 11 times in 24
     (an editor that ignores the input image: 0), and over every kind the edits keep what they should
     (L1 on kept pixels 0.03; the image-blind editor 0.15 and more)."""
-    rows, _ = evaluate({"model": editor_method(editor)}, per_kind=12, kinds=LEARNED, progress=False, phrasings=["training"])
+    rows, _ = evaluate(
+        {"model": editor_method(editor)}, per_kind=12, kinds=LEARNED, progress=False, phrasings=["training"]
+    )
     right = next(r for r in rows if r.kind == "all")
-    assert right.success * right.count >= 8, f"{right.success * right.count:.0f} of 24 removals and global changes succeeded"
+    assert right.success * right.count >= 8, (
+        f"{right.success * right.count:.0f} of 24 removals and global changes succeeded"
+    )
 
     rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False,
                        phrasings=["training"])  # fmt: skip

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import scene
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from conftest import scene
-from instruct_pix2pix.editing import EditWarning, Editor, NumericalError, make_scheduler
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.editing import Editor, NumericalError
+from instruct_pix2pix.errors import EditWarning, UserError
+from instruct_pix2pix.settings import make_scheduler
 
 STEPS = 8
 
@@ -22,11 +23,15 @@ def editor(tiny_model_dir):
 
 def reference(folder, image, prompt, scheduler, seeds, **kwargs) -> np.ndarray:
     """diffusers' own pipeline, one generator per image as our seeds are."""
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return pipe(prompt, image=image, num_images_per_prompt=len(seeds), generator=generators, output_type="np", **kwargs).images
+    return pipe(
+        prompt, image=image, num_images_per_prompt=len(seeds), generator=generators, output_type="np", **kwargs
+    ).images
 
 
 def ours(editor, image, prompt, **kwargs) -> np.ndarray:
@@ -76,7 +81,9 @@ def test_image_guidance_below_one_is_applied_not_dropped(tiny_model_dir, editor)
     image = scene(64, 64)
     settings = dict(num_inference_steps=STEPS, guidance_scale=7.5, image_guidance_scale=0.5)
     diffusers_unguided = reference(tiny_model_dir, image, "make it snowy", "euler_ancestral", [1], **settings)
-    unguided = ours(editor, image, "make it snowy", seed=1, num_inference_steps=STEPS, guidance_scale=1.0, image_guidance_scale=1.0)
+    unguided = ours(
+        editor, image, "make it snowy", seed=1, num_inference_steps=STEPS, guidance_scale=1.0, image_guidance_scale=1.0
+    )
     guided = ours(editor, image, "make it snowy", seed=1, **settings)
     assert np.abs(unguided - diffusers_unguided).max() <= 1e-4  # what diffusers does
     assert np.abs(guided - unguided).max() > 1e-2  # what we do instead
@@ -91,13 +98,17 @@ def test_any_variant_reproduces_alone(editor):
 
 def test_batch_of_images_and_instructions_equals_one_by_one(editor):
     a, b = scene(64, 64, seed=1), scene(64, 64, seed=2)
-    both = editor.edit([a, b], ["make it snowy", "add fireworks"], seed=4, num_inference_steps=STEPS, show_progress=False)
+    both = editor.edit(
+        [a, b], ["make it snowy", "add fireworks"], seed=4, num_inference_steps=STEPS, show_progress=False
+    )
     assert [e.input_index for e in both.edits] == [0, 1]
     for edit, image, text in zip(both.edits, (a, b), ("make it snowy", "add fireworks")):
         alone = ours(editor, image, text, seed=4, num_inference_steps=STEPS)
         assert np.abs(edit.pixels - alone[0]).max() <= 1e-5
     # one image with several instructions, and one instruction for several images
-    assert len(editor.edit(a, ["make it snowy", "add fireworks"], num_inference_steps=1, show_progress=False).edits) == 2
+    assert (
+        len(editor.edit(a, ["make it snowy", "add fireworks"], num_inference_steps=1, show_progress=False).edits) == 2
+    )
     assert len(editor.edit([a, b], "make it snowy", num_inference_steps=1, show_progress=False).edits) == 2
     with pytest.raises(UserError, match="2 images and 3 instructions"):
         editor.edit([a, b], ["x", "y", "z"], num_inference_steps=1)
@@ -107,8 +118,14 @@ def test_mixed_sizes_are_batched_by_size(editor):
     sizes = []
     hook = editor.model.unet.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape)))
     try:
-        result = editor.edit([scene(64, 64), scene(128, 64), scene(64, 64, 3)], "make it snowy", keep_size=True,
-                             num_inference_steps=1, image_guidance_scale=1.0, show_progress=False)
+        result = editor.edit(
+            [scene(64, 64), scene(128, 64), scene(64, 64, 3)],
+            "make it snowy",
+            keep_size=True,
+            num_inference_steps=1,
+            image_guidance_scale=1.0,
+            show_progress=False,
+        )
     finally:
         hook.remove()
     assert sorted(sizes) == [(2, 8, 32, 64), (4, 8, 32, 32)]
@@ -117,7 +134,9 @@ def test_mixed_sizes_are_batched_by_size(editor):
 
 def test_compound_edit_applies_instructions_in_order(editor):
     image = scene(64, 64)
-    chained = editor.edit(image, "make it snowy", then=["add fireworks"], seed=2, num_inference_steps=STEPS, show_progress=False)
+    chained = editor.edit(
+        image, "make it snowy", then=["add fireworks"], seed=2, num_inference_steps=STEPS, show_progress=False
+    )
     first = editor.edit(image, "make it snowy", seed=2, num_inference_steps=STEPS, show_progress=False)
     second = editor.edit(first.images[0], "add fireworks", seed=2, num_inference_steps=STEPS, show_progress=False)
     assert chained.edits[0].instructions == ["make it snowy", "add fireworks"]
@@ -175,13 +194,16 @@ def test_nan_raises_instead_of_saving_black(editor, monkeypatch):
         editor.edit(scene(), "make it snowy", num_inference_steps=1, show_progress=False)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(num_inference_steps=0), "positive whole number"),
-    (dict(num_inference_steps=-3), "positive whole number"),
-    (dict(scheduler="nope"), "unknown scheduler 'nope'"),
-    (dict(num_images=0), "num_images"),
-    (dict(guidance_scale=float("nan")), "finite"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(num_inference_steps=0), "positive whole number"),
+        (dict(num_inference_steps=-3), "positive whole number"),
+        (dict(scheduler="nope"), "unknown scheduler 'nope'"),
+        (dict(num_images=0), "num_images"),
+        (dict(guidance_scale=float("nan")), "finite"),
+    ],
+)
 def test_bad_settings(editor, bad, message):
     with pytest.raises(UserError, match=message):
         editor.edit(scene(), "make it snowy", **bad)

@@ -296,8 +296,9 @@ def test_16_bit_grey_png_with_transparent_value(tmp_path):
     assert pixels(load_image(path)) == [[255, 255, 255], [128, 128, 128]]
     path.write_bytes(png_bytes(2, 1, 16, 0, rows, (b"tRNS", struct.pack(">H", 32896))))
     assert pixels(load_image(path)) == [[255, 255, 255], [255, 255, 255]]
-    path.write_bytes(png_bytes(2, 1, 16, 0, b"\x00" + np.array([[0, 0]], dtype=">u2").tobytes(),
-                               (b"tRNS", struct.pack(">H", 1))))
+    path.write_bytes(
+        png_bytes(2, 1, 16, 0, b"\x00" + np.array([[0, 0]], dtype=">u2").tobytes(), (b"tRNS", struct.pack(">H", 1)))
+    )
     assert pixels(load_image(path)) == [[0, 0, 0], [0, 0, 0]]
 
 
@@ -455,7 +456,7 @@ def test_tensor_round_trip_is_exact():
 
 
 def test_image_extensions():
-    assert IMAGE_EXTENSIONS == {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"} == IMAGE_EXTENSIONS
     assert isinstance(IMAGE_EXTENSIONS, frozenset)
 
 

@@ -8,28 +8,43 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
+from conftest import WORDS, scene, tiny_parts
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from conftest import WORDS, scene, tiny_parts
 from instruct_pix2pix.editing import Editor
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.models import describe, hub_patterns, load_model
-from instruct_pix2pix.single_file import save_single_file
+from instruct_pix2pix.loading import describe, load_model, save_single_file
+from instruct_pix2pix.loading.hub import hub_patterns
 
 EDIT = dict(seed=3, num_inference_steps=4, show_progress=False)
 
 # The file list of timbrooks/instruct-pix2pix on the hub (weights in both formats, two
 # multi-GB single-file checkpoints at the top, a safety checker).
 TIMBROOKS_FILES = [
-    ".gitattributes", "README.md", "model_index.json", "instruct-pix2pix-00-22000.ckpt",
-    "instruct-pix2pix-00-22000.safetensors", "feature_extractor/preprocessor_config.json",
-    "safety_checker/config.json", "safety_checker/model.safetensors", "safety_checker/pytorch_model.bin",
-    "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
-    "text_encoder/pytorch_model.bin", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
-    "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
-    "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.safetensors",
-    "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.bin",
+    ".gitattributes",
+    "README.md",
+    "model_index.json",
+    "instruct-pix2pix-00-22000.ckpt",
+    "instruct-pix2pix-00-22000.safetensors",
+    "feature_extractor/preprocessor_config.json",
+    "safety_checker/config.json",
+    "safety_checker/model.safetensors",
+    "safety_checker/pytorch_model.bin",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder/pytorch_model.bin",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.bin",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.bin",
     "vae/diffusion_pytorch_model.safetensors",
 ]
 
@@ -40,10 +55,18 @@ def test_hub_fetches_only_what_the_editor_needs():
     patterns = hub_patterns(TIMBROOKS_FILES)
     fetched = sorted(f for f in TIMBROOKS_FILES if any(fnmatch(f, p) for p in patterns))
     assert fetched == [
-        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-        "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
-        "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
     ]
     # a repository with only pickled weights still gets them
     bin_only = [f for f in TIMBROOKS_FILES if not f.endswith(".safetensors")]
@@ -82,12 +105,15 @@ def test_text_to_image_folder_is_refused(text_to_image_model_dir):
         load_model(text_to_image_model_dir)
 
 
-@pytest.mark.parametrize("remove, named", [
-    ("vae", "vae/"),
-    ("unet/diffusion_pytorch_model.safetensors", "unet/ weights"),
-    ("scheduler/scheduler_config.json", "scheduler/scheduler_config.json"),
-    ("tokenizer", "tokenizer/"),
-])
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        ("vae", "vae/"),
+        ("unet/diffusion_pytorch_model.safetensors", "unet/ weights"),
+        ("scheduler/scheduler_config.json", "scheduler/scheduler_config.json"),
+        ("tokenizer", "tokenizer/"),
+    ],
+)
 def test_folder_missing_pieces(tiny_model_dir, tmp_path, remove, named):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -97,10 +123,13 @@ def test_folder_missing_pieces(tiny_model_dir, tmp_path, remove, named):
         load_model(folder)
 
 
-@pytest.mark.parametrize("source, message", [
-    ("no/such/place.safetensors", "no such model"),
-    ("./nowhere", "no such model"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("no/such/place.safetensors", "no such model"),
+        ("./nowhere", "no such model"),
+    ],
+)
 def test_unknown_sources(source, message):
     with pytest.raises(UserError, match=message):
         load_model(source)
@@ -146,17 +175,31 @@ def test_any_transformers_text_encoder(tmp_path):
     parts["tokenizer"] = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=32)
     torch.manual_seed(1)
     parts["text_encoder"] = BertModel(
-        BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=37, max_position_embeddings=64)
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
     )
     folder = tmp_path / "bert-ip2p"
-    StableDiffusionInstructPix2PixPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                           requires_safety_checker=False).save_pretrained(folder)
+    StableDiffusionInstructPix2PixPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(folder)
     editor = Editor.from_pretrained(folder, device="cpu")
     assert type(editor.model.text_encoder).__name__ == "BertModel"
     ours = editor.edit(scene(), "make it snowy", **EDIT).edits[0].pixels
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe("make it snowy", image=scene(), num_inference_steps=4, generator=[torch.Generator().manual_seed(3)],
-                  output_type="np").images[0]
+    theirs = pipe(
+        "make it snowy",
+        image=scene(),
+        num_inference_steps=4,
+        generator=[torch.Generator().manual_seed(3)],
+        output_type="np",
+    ).images[0]
     assert np.abs(ours - theirs).max() <= 1e-4

@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SD15_SCHEDULER_CONFIG, tiny_parts
 from diffusers import DDPMScheduler
 
-from conftest import SD15_SCHEDULER_CONFIG, tiny_parts
-from instruct_pix2pix.training.objective import dropout_masks, training_loss, widen_conv_in
+from instruct_pix2pix.loading import widen_conv_in
+from instruct_pix2pix.training.objective import dropout_masks, training_loss
 
 
-def diffusers_recipe_loss(parts, edited, original, input_ids, null_ids, noise, timesteps, random_p, p, scheduler, sample_eps):
+def diffusers_recipe_loss(
+    parts, edited, original, input_ids, null_ids, noise, timesteps, random_p, p, scheduler, sample_eps
+):
     """diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py loss, step by step as it documents it."""
     unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
     posterior = vae.encode(edited).latent_dist
@@ -40,27 +43,45 @@ def test_loss_equals_diffusers_recipe(prediction_type):
     g = torch.Generator().manual_seed(0)
     edited, original = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1, torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
     tokenizer = parts["tokenizer"]
-    ids = tokenizer(["make it snowy", "add fireworks", "turn the sky red", "a painting"], padding="max_length",
-                    max_length=77, return_tensors="pt").input_ids
+    ids = tokenizer(
+        ["make it snowy", "add fireworks", "turn the sky red", "a painting"],
+        padding="max_length",
+        max_length=77,
+        return_tensors="pt",
+    ).input_ids
     null_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     noise, sample_eps = torch.randn(4, 4, 32, 32, generator=g), torch.randn(4, 4, 32, 32, generator=g)
     timesteps = torch.tensor([10, 300, 600, 999])
     r = torch.tensor([0.02, 0.07, 0.12, 0.5])  # text only, both, image only, neither (p = 0.05)
     with torch.no_grad():
-        expected = diffusers_recipe_loss(parts, edited, original, ids, null_ids, noise, timesteps, r, 0.05, scheduler, sample_eps)
+        expected = diffusers_recipe_loss(
+            parts, edited, original, ids, null_ids, noise, timesteps, r, 0.05, scheduler, sample_eps
+        )
         posterior = parts["vae"].encode(edited).latent_dist
         ours = training_loss(
-            parts["unet"], scheduler,
+            parts["unet"],
+            scheduler,
             target_latents=(posterior.mean + posterior.std * sample_eps) * parts["vae"].config.scaling_factor,
             image_latents=parts["vae"].encode(original).latent_dist.mode(),
-            text_embeds=parts["text_encoder"](ids)[0], null_text_embeds=parts["text_encoder"](null_ids)[0],
-            noise=noise, timesteps=timesteps, r=r, conditioning_dropout_prob=0.05,
+            text_embeds=parts["text_encoder"](ids)[0],
+            null_text_embeds=parts["text_encoder"](null_ids)[0],
+            noise=noise,
+            timesteps=timesteps,
+            r=r,
+            conditioning_dropout_prob=0.05,
         )
         # and it is not a coincidence: without dropout the loss differs
         no_dropout = training_loss(
-            parts["unet"], scheduler, (posterior.mean + posterior.std * sample_eps) * parts["vae"].config.scaling_factor,
-            parts["vae"].encode(original).latent_dist.mode(), parts["text_encoder"](ids)[0],
-            parts["text_encoder"](null_ids)[0], noise, timesteps, r, 0.0,
+            parts["unet"],
+            scheduler,
+            (posterior.mean + posterior.std * sample_eps) * parts["vae"].config.scaling_factor,
+            parts["vae"].encode(original).latent_dist.mode(),
+            parts["text_encoder"](ids)[0],
+            parts["text_encoder"](null_ids)[0],
+            noise,
+            timesteps,
+            r,
+            0.0,
         )
     assert torch.allclose(ours, expected, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(no_dropout, expected, rtol=1e-4)

@@ -17,12 +17,8 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.single_file import (
-    SD15_CONFIG_DIR,
-    load_single_file,
-    save_single_file,
-    to_compvis_state_dict,
-)
+from instruct_pix2pix.loading import SD15_CONFIG_DIR, load_single_file, save_single_file
+from instruct_pix2pix.loading.compvis import to_compvis_state_dict
 
 U = "model.diffusion_model."
 V = "first_stage_model."
@@ -113,7 +109,7 @@ def _assert_identical(original: torch.nn.Module, loaded: torch.nn.Module, dtype=
 
 def _assert_all_identical(tiny, components, dtype=None) -> None:
     for name in ("unet", "vae", "text_encoder"):
-        _assert_identical(tiny[name], components[name], dtype)
+        _assert_identical(tiny[name], getattr(components, name), dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +119,10 @@ def _assert_all_identical(tiny, components, dtype=None) -> None:
 
 def test_safetensors_round_trip_is_exact(tiny):
     components = load_single_file(tiny["path"], config_dir=tiny["config_dir"])
-    assert set(components) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
     _assert_all_identical(tiny, components)
-    assert type(components["scheduler"]).__name__ == "EulerAncestralDiscreteScheduler"
-    assert isinstance(components["tokenizer"], CLIPTokenizer)
-    assert components["unet"].config.in_channels == 8
+    assert components.scheduler_config["_class_name"] == "EulerAncestralDiscreteScheduler"
+    assert isinstance(components.tokenizer, CLIPTokenizer)
+    assert components.unet.config.in_channels == 8
 
 
 @pytest.mark.parametrize("unet_layers, vae_layers", [(1, 2), (3, 1)])
@@ -159,8 +154,9 @@ def test_written_file_uses_compvis_names(tiny):
         U + "input_blocks.3.0.op.weight": unet.down_blocks[0].downsamplers[0].conv.weight,
         U + "input_blocks.4.0.skip_connection.weight": unet.down_blocks[1].resnets[0].conv_shortcut.weight,
         U + "middle_block.0.emb_layers.1.weight": unet.mid_block.resnets[0].time_emb_proj.weight,
-        U + "middle_block.1.transformer_blocks.0.attn2.to_k.weight":
-            unet.mid_block.attentions[0].transformer_blocks[0].attn2.to_k.weight,
+        U + "middle_block.1.transformer_blocks.0.attn2.to_k.weight": unet.mid_block.attentions[0]
+        .transformer_blocks[0]
+        .attn2.to_k.weight,
         U + "middle_block.2.out_layers.3.weight": unet.mid_block.resnets[1].conv2.weight,
         U + "output_blocks.2.1.conv.weight": unet.up_blocks[0].upsamplers[0].conv.weight,
         U + "output_blocks.3.1.proj_out.weight": unet.up_blocks[1].attentions[0].proj_out.weight,
@@ -184,7 +180,12 @@ def test_written_file_uses_compvis_names(tiny):
 
     # The VAE mid-block attention projections are 1x1 convolutions in the CompVis layout.
     attention = vae.decoder.mid_block.attentions[0]
-    for compvis, linear in (("q", attention.to_q), ("k", attention.to_k), ("v", attention.to_v), ("proj_out", attention.to_out[0])):
+    for compvis, linear in (
+        ("q", attention.to_q),
+        ("k", attention.to_k),
+        ("v", attention.to_v),
+        ("proj_out", attention.to_out[0]),
+    ):
         written = tensors[V + f"decoder.mid.attn_1.{compvis}.weight"]
         assert written.shape == (*linear.weight.shape, 1, 1)
         assert torch.equal(written[:, :, 0, 0], linear.weight.detach())
@@ -204,16 +205,25 @@ def test_full_size_sd15_layout_names(tmp_path):
     counts = {prefix: sum(key.startswith(prefix) for key in state) for prefix in (U, V, T)}
     assert counts == {U: 686, V: 248, T: 196}
     for key in [
-        "input_blocks.3.0.op.weight", "input_blocks.6.0.op.weight", "input_blocks.9.0.op.weight",
-        "input_blocks.11.0.out_layers.3.weight", "input_blocks.8.1.transformer_blocks.0.ff.net.2.weight",
-        "output_blocks.2.1.conv.weight", "output_blocks.5.2.conv.weight", "output_blocks.8.2.conv.weight",
-        "output_blocks.11.1.proj_out.weight", "output_blocks.0.0.skip_connection.weight",
+        "input_blocks.3.0.op.weight",
+        "input_blocks.6.0.op.weight",
+        "input_blocks.9.0.op.weight",
+        "input_blocks.11.0.out_layers.3.weight",
+        "input_blocks.8.1.transformer_blocks.0.ff.net.2.weight",
+        "output_blocks.2.1.conv.weight",
+        "output_blocks.5.2.conv.weight",
+        "output_blocks.8.2.conv.weight",
+        "output_blocks.11.1.proj_out.weight",
+        "output_blocks.0.0.skip_connection.weight",
     ]:
         assert U + key in state, key
     assert U + "input_blocks.12.0.op.weight" not in state and U + "output_blocks.11.2.conv.weight" not in state
     assert tuple(state[U + "input_blocks.0.0.weight"].shape) == (320, 8, 3, 3)
     assert V + "decoder.up.3.upsample.conv.weight" in state and V + "decoder.up.0.upsample.conv.weight" not in state
-    assert V + "encoder.down.2.downsample.conv.weight" in state and V + "encoder.down.3.downsample.conv.weight" not in state
+    assert (
+        V + "encoder.down.2.downsample.conv.weight" in state
+        and V + "encoder.down.3.downsample.conv.weight" not in state
+    )
     assert tuple(state[V + "encoder.mid.attn_1.q.weight"].shape) == (512, 512, 1, 1)
     assert tuple(state[T + "text_model.embeddings.token_embedding.weight"].shape) == (49408, 768)
 
@@ -276,19 +286,24 @@ def test_dtype_is_applied(tiny):
 def test_text_to_image_checkpoint_is_refused(tiny, tmp_path):
     unet, vae, text_encoder = _tiny_models(in_channels=4)
     save_single_file(unet, vae, text_encoder, tmp_path / "txt2img.safetensors")
-    with pytest.raises(UserError, match=r"is a text-to-image model, not an editing model \(its UNet takes 4 input channels, an editing model takes 8\)"):
+    with pytest.raises(
+        UserError,
+        match=r"is a text-to-image model, not an editing model "
+        r"\(its UNet takes 4 input channels, an editing model takes 8\)",
+    ):
         load_single_file(tmp_path / "txt2img.safetensors", config_dir=tiny["config_dir"])
 
 
-def test_text_to_image_checkpoint_loads_when_its_channels_are_given(tiny, tmp_path):
-    """What training from a text-to-image single file does: the editing configs, with 4 input channels."""
+def test_text_to_image_checkpoint_loads_when_asked_for(tiny, tmp_path):
+    """What training from a text-to-image single file does: the editing configs, with the file's 4 input channels."""
     unet, vae, text_encoder = _tiny_models(in_channels=4)
     save_single_file(unet, vae, text_encoder, tmp_path / "txt2img.safetensors")
-    components = load_single_file(tmp_path / "txt2img.safetensors", config_dir=tiny["config_dir"], in_channels=4)
-    assert components["unet"].config.in_channels == 4
+    components = load_single_file(tmp_path / "txt2img.safetensors", config_dir=tiny["config_dir"], kind="any")
+    assert components.unet.config.in_channels == 4
     _assert_all_identical({"unet": unet, "vae": vae, "text_encoder": text_encoder}, components)
-    with pytest.raises(UserError, match="its UNet takes 8 input channels, this configuration expects 4"):
-        load_single_file(tiny["path"], config_dir=tiny["config_dir"], in_channels=4)
+    assert load_single_file(tiny["path"], config_dir=tiny["config_dir"], kind="any").unet.config.in_channels == 8
+    with pytest.raises(UserError, match="is an editing model, not a text-to-image model"):
+        load_single_file(tiny["path"], config_dir=tiny["config_dir"], kind="text-to-image")
 
 
 def test_missing_file(tiny, tmp_path):
@@ -328,7 +343,10 @@ def test_incomplete_checkpoint(tiny, tmp_path):
     # A tensor that is missing inside a component is caught too, not left uninitialised.
     dropped = {k: v.contiguous() for k, v in state.items() if k != V + "decoder.conv_out.weight"}
     save_file(dropped, str(tmp_path / "holey.safetensors"))
-    with pytest.raises(UserError, match=r"lacks 1 of the \d+ weights needed \(for example first_stage_model\.decoder\.conv_out\.weight\)"):
+    with pytest.raises(
+        UserError,
+        match=r"lacks 1 of the \d+ weights needed \(for example first_stage_model\.decoder\.conv_out\.weight\)",
+    ):
         load_single_file(tmp_path / "holey.safetensors", config_dir=tiny["config_dir"])
 
 
@@ -339,7 +357,7 @@ def test_config_that_does_not_fit_the_checkpoint(tiny):
 
 
 def test_bad_config_dir(tiny, tmp_path):
-    with pytest.raises(UserError, match="not a diffusers model configuration folder"):
+    with pytest.raises(UserError, match="is missing .*it must be a diffusers model configuration folder"):
         load_single_file(tiny["path"], config_dir=tmp_path)
 
 
@@ -361,7 +379,7 @@ def test_loading_never_touches_the_network(tiny, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     components = load_single_file(tiny["path"], config_dir=tiny["config_dir"])
     assert attempts == []
-    _assert_identical(tiny["unet"], components["unet"])
+    _assert_identical(tiny["unet"], components.unet)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +398,7 @@ def test_save_is_atomic(tiny, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*disk full"):
         save_single_file(tiny["unet"], tiny["vae"], tiny["text_encoder"], path)
     assert path.read_bytes() == b"previous contents"
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
@@ -389,7 +407,7 @@ def test_save_is_atomic(tiny, tmp_path, monkeypatch):
     save_single_file(tiny["unet"], tiny["vae"], tiny["text_encoder"], path)
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
     components = load_single_file(path, config_dir=tiny["config_dir"])
-    _assert_identical(tiny["vae"], components["vae"])
+    _assert_identical(tiny["vae"], components.vae)
 
 
 def test_save_wants_a_safetensors_name(tiny, tmp_path):
@@ -436,15 +454,85 @@ def test_shipped_tokenizer_gives_the_known_clip_ids():
     assert tokenizer("n kabrie").input_ids == [49406, 333, 6554, 5322, 49407]
     # The integration case of transformers' tests/models/clip/test_tokenization_clip.py.
     text = (
-        "This is a test\nI was born in 92000, and this is falsé.\n生活的真谛是\nHi  Hello\nHi   Hello\n\n \n  \n Hello\n"
+        "This is a test\nI was born in 92000, and this is falsé.\n生活的真谛是\n"
+        "Hi  Hello\nHi   Hello\n\n \n  \n Hello\n"
         "<s>\nhi<s>there\nThe following string should be properly encoded: Hello.\nBut ird and ปี   ird   ด\n"
         "Hey how are you doing"
     )
     assert tokenizer(text).input_ids == [
-        49406, 589, 533, 320, 1628, 328, 739, 2683, 530, 280, 273, 271, 271, 271, 267, 537, 589, 533, 2778, 82,
-        4166, 269, 33375, 162, 112, 119, 163, 248, 226, 41570, 164, 108, 249, 42891, 363, 1883, 3306, 1883, 3306,
-        3306, 283, 338, 285, 1883, 283, 338, 285, 997, 518, 3473, 9696, 1535, 655, 12560, 524, 33703, 281, 3306,
-        269, 767, 2770, 537, 1777, 505, 20278, 2770, 38825, 2189, 829, 631, 592, 1960, 49407,
+        49406,
+        589,
+        533,
+        320,
+        1628,
+        328,
+        739,
+        2683,
+        530,
+        280,
+        273,
+        271,
+        271,
+        271,
+        267,
+        537,
+        589,
+        533,
+        2778,
+        82,
+        4166,
+        269,
+        33375,
+        162,
+        112,
+        119,
+        163,
+        248,
+        226,
+        41570,
+        164,
+        108,
+        249,
+        42891,
+        363,
+        1883,
+        3306,
+        1883,
+        3306,
+        3306,
+        283,
+        338,
+        285,
+        1883,
+        283,
+        338,
+        285,
+        997,
+        518,
+        3473,
+        9696,
+        1535,
+        655,
+        12560,
+        524,
+        33703,
+        281,
+        3306,
+        269,
+        767,
+        2770,
+        537,
+        1777,
+        505,
+        20278,
+        2770,
+        38825,
+        2189,
+        829,
+        631,
+        592,
+        1960,
+        49407,
     ]
     padded = tokenizer("a photo of a cat", padding="max_length", max_length=77, truncation=True).input_ids
     assert len(padded) == 77 and padded[7:] == [49407] * 70

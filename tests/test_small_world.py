@@ -9,7 +9,17 @@ import pytest
 from PIL import Image
 
 from instruct_pix2pix.data import open_dataset
-from instruct_pix2pix.small_world import KINDS, PHRASINGS, Scene, Thing, caption, make_edit, render, sample_edits, vocabulary
+from instruct_pix2pix.small_world import (
+    KINDS,
+    PHRASINGS,
+    Scene,
+    Thing,
+    caption,
+    make_edit,
+    render,
+    sample_edits,
+    vocabulary,
+)
 from instruct_pix2pix.small_world.evaluate import (
     CHANGED,
     alternatives,
@@ -28,7 +38,9 @@ SCENE = Scene("white", (Thing("blue", "square", "large", (1, 1)), Thing("red", "
 
 
 def test_caption_lists_objects_in_reading_order():
-    assert caption(SCENE) == "a small red circle at the top left and a large blue square in the center on a white background"
+    assert caption(SCENE) == (
+        "a small red circle at the top left and a large blue square in the center on a white background"
+    )
     night = replace(SCENE, night=True, black_and_white=True, background="grass")
     assert caption(night) == (
         "a black and white picture of a small red circle at the top left and a large blue square in the center "
@@ -79,7 +91,8 @@ def test_edits_do_what_they_say():
             assert len(gone) == 1 and not new
         elif edit.kind == "resize":
             (old,), (resized,) = gone, new
-            assert resized.size != old.size and (resized.colour, resized.shape, resized.cell) == (old.colour, old.shape, old.cell)
+            assert resized.size != old.size
+            assert (resized.colour, resized.shape, resized.cell) == (old.colour, old.shape, old.cell)
         else:
             (old,), (recoloured,) = gone, new
             assert recoloured.colour in words and f"{old.colour} {old.shape}" in edit.instruction
@@ -122,7 +135,8 @@ def test_scores_decide_success_from_ground_truth():
         assert score_edit(after, before, after, others).success, edit.instruction
         assert not score_edit(before, before, after, others).success, edit.instruction
         for wrong in others:  # another object, colour, shape, size, cell, direction, number, background ...
-            if np.abs(as_array(wrong) - as_array(after)).max() > CHANGED:  # (a grey shape in black and white can vanish)
+            # only the wrong answers that look different: a grey shape in black and white can vanish
+            if np.abs(as_array(wrong) - as_array(after)).max() > CHANGED:
                 assert not score_edit(wrong, before, after, others).success, edit.instruction
     assert wrong_answers > 10 * 3 * len(KINDS)
     # the right kind of edit applied to the wrong object fails: something else changed
@@ -236,8 +250,9 @@ def test_unknown_words_warning_names_them(tiny_model_dir, tmp_path):
     assert "red" in editor.model.about["words"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        editor.edit(render(SCENE), "please make the red circle fuchsia", num_inference_steps=1, seed=0, show_progress=False)
-        editor.edit(render(SCENE), "make the red circle blue", num_inference_steps=1, seed=0, show_progress=False)
+        quick = dict(num_inference_steps=1, seed=0, show_progress=False)
+        editor.edit(render(SCENE), "please make the red circle fuchsia", **quick)
+        editor.edit(render(SCENE), "make the red circle blue", **quick)
     messages = [str(w.message) for w in caught if issubclass(w.category, EditWarning)]
     assert len(messages) == 1
     assert "'please', 'fuchsia'" in messages[0] and "circles, squares" in messages[0]
@@ -248,7 +263,7 @@ def test_the_cli_world_commands(tmp_path, capsys):
 
     assert main(["world", "sample", "-o", str(tmp_path / "s"), "--count", "1"]) == 0
     assert (tmp_path / "s" / "sheet.png").exists()
-    assert main(["world", "generate", str(tmp_path / "d"), "--count", "3"]) == 0
+    assert main(["world", "generate", "-o", str(tmp_path / "d"), "--count", "3"]) == 0
     assert len(list((tmp_path / "d").glob("*.parquet"))) == 1
-    assert main(["world", "generate", str(tmp_path / "d"), "--count", "0"]) == 2
+    assert main(["world", "generate", "-o", str(tmp_path / "d"), "--count", "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import scene
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from conftest import scene
 from instruct_pix2pix.data import EditExample, write_reference_folder
 from instruct_pix2pix.editing import Editor
 from instruct_pix2pix.errors import UserError
@@ -35,16 +35,30 @@ def redden(image: Image.Image) -> Image.Image:
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("edits")
-    examples = [EditExample(scene(40, 40, seed), redden(scene(40, 40, seed)), "make it red", "a scene", "a red scene")
-                for seed in range(24)]
+    examples = [
+        EditExample(scene(40, 40, seed), redden(scene(40, 40, seed)), "make it red", "a scene", "a red scene")
+        for seed in range(24)
+    ]
     write_reference_folder(examples, folder)
     return folder
 
 
 def settings(dataset, output_dir, **more) -> list[str]:
-    values = dict(from_scratch=TINY_MODEL, train_data=dataset, output_dir=output_dir, resolution=32,
-                  max_resize_resolution=40, max_train_steps=4, train_batch_size=2, gradient_accumulation_steps=2,
-                  checkpointing_steps=2, checkpoints_total_limit=1, use_ema=True, ema_decay=0.99, seed=3)
+    values = dict(
+        from_scratch=TINY_MODEL,
+        train_data=dataset,
+        output_dir=output_dir,
+        resolution=32,
+        max_resize_resolution=40,
+        max_train_steps=4,
+        train_batch_size=2,
+        gradient_accumulation_steps=2,
+        checkpointing_steps=2,
+        checkpoints_total_limit=1,
+        use_ema=True,
+        ema_decay=0.99,
+        seed=3,
+    )
     values.update(more)
     return [f"{key}={value}" for key, value in values.items()]
 
@@ -55,7 +69,9 @@ def losses(output_dir: Path) -> list[float]:
 
 def test_tiny_run_writes_metrics_checkpoints_and_a_model_diffusers_loads(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    final = train(load_config(None, settings(tiny_dataset, out, lr_scheduler="linear", lr_warmup_steps=1)), show_progress=False)
+    final = train(
+        load_config(None, settings(tiny_dataset, out, lr_scheduler="linear", lr_warmup_steps=1)), show_progress=False
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     # diffusers' linear schedule after one warmup step, stepped once per optimizer step (not per micro-batch)
@@ -67,21 +83,37 @@ def test_tiny_run_writes_metrics_checkpoints_and_a_model_diffusers_loads(tiny_da
         assert (final / part).exists(), part
     # unet/ holds the EMA weights, unet_non_ema/ the trained ones; they differ
     ema = Editor.from_pretrained(final, device="cpu").model.unet.state_dict()
-    raw = type(Editor.from_pretrained(final, device="cpu").model.unet).from_pretrained(final / "unet_non_ema").state_dict()
+    raw = (
+        type(Editor.from_pretrained(final, device="cpu").model.unet)
+        .from_pretrained(final / "unet_non_ema")
+        .state_dict()
+    )
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
 
     editor = Editor.from_pretrained(final, device="cpu")
     ours = editor.edit(scene(), "make it red", seed=0, num_inference_steps=4, show_progress=False).edits[0].pixels
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(final, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        final, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe("make it red", image=scene(), num_inference_steps=4, generator=[torch.Generator().manual_seed(0)],
-                  output_type="np").images[0]
+    theirs = pipe(
+        "make it red",
+        image=scene(),
+        num_inference_steps=4,
+        generator=[torch.Generator().manual_seed(0)],
+        output_type="np",
+    ).images[0]
     assert np.abs(ours - theirs).max() <= 1e-4
 
 
 def run_training(args: list[str], **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "instruct_pix2pix.training", str(ROOT / "configs" / "tiny.yaml"), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "instruct_pix2pix.training", str(ROOT / "configs" / "tiny.yaml"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def test_resume_after_sigkill_gives_the_same_losses(tiny_dataset, tmp_path):
@@ -111,11 +143,14 @@ def test_resume_after_sigkill_gives_the_same_losses(tiny_dataset, tmp_path):
 
 def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_path):
     from instruct_pix2pix.cli import main
-    from instruct_pix2pix.models import load_model
+    from instruct_pix2pix.loading import load_model
 
-    final = train(load_config(None, settings(tiny_dataset, tmp_path / "run", max_train_steps=1, use_ema=False)), show_progress=False)
+    final = train(
+        load_config(None, settings(tiny_dataset, tmp_path / "run", max_train_steps=1, use_ema=False)),
+        show_progress=False,
+    )
     checkpoint = tmp_path / "model.safetensors"
-    assert main(["export", str(final), str(checkpoint)]) == 0
+    assert main(["export", "--model", str(final), "-o", str(checkpoint)]) == 0
     original = load_model(final)
     loaded = load_model(checkpoint, config=final)
     for name in ("unet", "vae", "text_encoder"):
@@ -123,13 +158,16 @@ def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["nonsense=1"], "unknown setting"),
-    (["max_train_steps=zero"], "max_train_steps"),
-    (["conditioning_dropout_prob=0.5"], "conditioning_dropout_prob"),
-    (["mixed_precision=fp8"], "mixed_precision"),
-    (["lr_scheduler=sometimes"], "lr_scheduler"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["nonsense=1"], "unknown setting"),
+        (["max_train_steps=zero"], "max_train_steps"),
+        (["conditioning_dropout_prob=0.5"], "conditioning_dropout_prob"),
+        (["mixed_precision=fp8"], "mixed_precision"),
+        (["lr_scheduler=sometimes"], "lr_scheduler"),
+    ],
+)
 def test_bad_settings(overrides, message, tmp_path):
     with pytest.raises(UserError, match=message):
         load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", *overrides])
@@ -137,10 +175,18 @@ def test_bad_settings(overrides, message, tmp_path):
 
 def test_shipped_configs_parse():
     paper = load_config(ROOT / "configs" / "instruct-pix2pix-sd15.yaml")
-    assert (paper.resolution, paper.learning_rate, paper.train_batch_size, paper.gradient_accumulation_steps) == (256, 1e-4, 32, 4)
+    assert (paper.resolution, paper.learning_rate, paper.train_batch_size, paper.gradient_accumulation_steps) == (
+        256,
+        1e-4,
+        32,
+        4,
+    )
     assert (paper.ema_decay, paper.conditioning_dropout_prob) == (0.9999, 0.05)
     tiny = load_config(ROOT / "configs" / "tiny.yaml")
-    assert tiny.from_scratch == "configs/tiny-model" and (tiny.validation_steps, tiny.validation_prompts) == (10, ["make it red"])
+    assert tiny.from_scratch == "configs/tiny-model" and (tiny.validation_steps, tiny.validation_prompts) == (
+        10,
+        ["make it red"],
+    )
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_dataset, tmp_path):
@@ -148,10 +194,28 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_dataset, tmp_pa
     common = ["max_train_steps=3", "gradient_accumulation_steps=1", "use_ema=false", "checkpointing_steps=100"]
     accelerate = Path(sys.executable).parent / "accelerate"
     two = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "instruct_pix2pix.training", ROOT / "configs" / "tiny.yaml",
-         *settings(tiny_dataset, tmp_path / "two", train_batch_size=2), *common],
-        env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=600,
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "instruct_pix2pix.training",
+            ROOT / "configs" / "tiny.yaml",
+            *settings(tiny_dataset, tmp_path / "two", train_batch_size=2),
+            *common,
+        ],
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-2000:]
     one = run_training(settings(tiny_dataset, tmp_path / "one", train_batch_size=4) + common)
@@ -169,16 +233,34 @@ def test_validation_grid_is_saved_every_n_steps_and_at_the_end(tiny_dataset, tmp
     inputs = [tmp_path / "a.png", tmp_path / "b.png"]
     for seed, path in enumerate(inputs):
         scene(48, 40, seed).save(path)
-    config = load_config(None, settings(tiny_dataset, out, max_train_steps=3, gradient_accumulation_steps=1, validation_steps=2,
-                                        validation_prompts=["make it red", "add fireworks"], validation_inference_steps=2,
-                                        validation_images=[str(p) for p in inputs]))
+    config = load_config(
+        None,
+        settings(
+            tiny_dataset,
+            out,
+            max_train_steps=3,
+            gradient_accumulation_steps=1,
+            validation_steps=2,
+            validation_prompts=["make it red", "add fireworks"],
+            validation_inference_steps=2,
+            validation_images=[str(p) for p in inputs],
+        ),
+    )
     train(config, show_progress=False)
-    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000002.png", "step-000003.png"]  # no temporary files
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        "step-000002.png",
+        "step-000003.png",
+    ]  # no temporary files
     grid = Image.open(out / "validation" / "step-000003.png")
-    assert grid.size == (3 * 128, 16 + 2 * 128)  # columns: input, one per prompt; rows: images; a label band on top
+    # columns: input, one per prompt; rows: images, enlarged to 128 px, 4 px apart; a label band on top
+    assert grid.size == (3 * (128 + 4), 16 + 2 * (128 + 4))
     assert json.loads(grid.text["prompts"]) == ["make it red", "add fireworks"]
     pixels = np.asarray(grid.convert("RGB")).astype(int)
-    cells = [pixels[16 + row * 128 : 16 + (row + 1) * 128, col * 128 : (col + 1) * 128] for row in range(2) for col in range(3)]
+    cells = [
+        pixels[16 + row * 132 : 16 + row * 132 + 128, col * 132 : col * 132 + 128]
+        for row in range(2)
+        for col in range(3)
+    ]
     assert all(np.abs(a - b).max() > 0 for i, a in enumerate(cells) for b in cells[i + 1 :])  # six different pictures
 
 
@@ -187,15 +269,31 @@ def test_cached_latents_give_the_losses_of_an_uncached_run(tiny_dataset, tmp_pat
 
     encoded = []
     encode = AutoencoderKL.encode
-    monkeypatch.setattr(AutoencoderKL, "encode", lambda self, x, *a, **k: encoded.append(len(x)) or encode(self, x, *a, **k))
+    monkeypatch.setattr(
+        AutoencoderKL, "encode", lambda self, x, *a, **k: encoded.append(len(x)) or encode(self, x, *a, **k)
+    )
     runs = {}
     for cache in (False, True):
         encoded.clear()
         # 21 training examples (the reference split of 24), 4 per step: steps 6-8 are in the second epoch
         out = tmp_path / f"cache-{cache}"
-        train(load_config(None, settings(tiny_dataset, out, max_train_steps=8, gradient_accumulation_steps=1, train_batch_size=4,
-                                         random_flip=False, max_resize_resolution=None, use_ema=False, cache_latents=cache)),
-              show_progress=False)
+        train(
+            load_config(
+                None,
+                settings(
+                    tiny_dataset,
+                    out,
+                    max_train_steps=8,
+                    gradient_accumulation_steps=1,
+                    train_batch_size=4,
+                    random_flip=False,
+                    max_resize_resolution=None,
+                    use_ema=False,
+                    cache_latents=cache,
+                ),
+            ),
+            show_progress=False,
+        )
         runs[cache] = losses(out), sum(encoded)
     # images through the VAE: two per example and step / two per example, once (20 or 21 examples seen)
     assert runs[False][1] == 8 * 4 * 2 and 20 * 2 <= runs[True][1] <= 21 * 2
@@ -206,8 +304,12 @@ def test_cache_needs_augmentation_off(tmp_path):
     with pytest.raises(UserError, match="cache_latents needs augmentation off"):
         load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", "cache_latents=true"])  # tiny.yaml flips
     with pytest.raises(UserError, match="cache_latents needs augmentation off"):
-        load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", "cache_latents=true", "random_flip=false"])
-    config = load_config(ROOT / "configs" / "tiny.yaml", ["cache_latents=true", "random_flip=false", "max_resize_resolution=none"])
+        load_config(
+            ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}", "cache_latents=true", "random_flip=false"]
+        )
+    config = load_config(
+        ROOT / "configs" / "tiny.yaml", ["cache_latents=true", "random_flip=false", "max_resize_resolution=none"]
+    )
     assert config.cache_latents
 
 
@@ -222,7 +324,9 @@ def test_help_settings_lists_every_setting(capsys):
     for f in dataclasses.fields(TrainConfig):
         assert any(line.split()[:1] == [f.name] for line in lines), f.name
     row = next(line for line in lines if line.split()[:1] == ["checkpoints_total_limit"])
-    assert row.split()[1:5] == ["int", "|", "None", "3"] and row.endswith("keep the newest this many checkpoints (none: keep all)")
+    assert row.split()[1:5] == ["int", "|", "None", "3"] and row.endswith(
+        "keep the newest this many checkpoints (none: keep all)"
+    )
     assert "model: start from a text-to-image or editing checkpoint, or from scratch" in lines
 
 
@@ -231,7 +335,7 @@ def test_training_starts_from_a_text_to_image_single_file(tiny_dataset, tmp_path
     configs, and its conv_in is widened to 8 channels: new weights zero, the rest kept."""
     from diffusers import UNet2DConditionModel
 
-    from instruct_pix2pix.single_file import save_single_file
+    from instruct_pix2pix.loading import save_single_file
     from instruct_pix2pix.training.trainer import build_from_configs, load_parts
 
     torch.manual_seed(0)
@@ -239,11 +343,23 @@ def test_training_starts_from_a_text_to_image_single_file(tiny_dataset, tmp_path
     text_to_image = UNet2DConditionModel.from_config({**parts.unet.config, "in_channels": 4})
     checkpoint = tmp_path / "sd.safetensors"
     save_single_file(text_to_image, parts.vae, parts.text_encoder, checkpoint)
-    config = load_config(None, settings(tiny_dataset, tmp_path / "run", from_scratch=None, pretrained_model_name_or_path=checkpoint,
-                                        pretrained_config=TINY_MODEL, max_train_steps=1, use_ema=False))
+    config = load_config(
+        None,
+        settings(
+            tiny_dataset,
+            tmp_path / "run",
+            from_scratch=None,
+            pretrained_model_name_or_path=checkpoint,
+            pretrained_config=TINY_MODEL,
+            max_train_steps=1,
+            use_ema=False,
+        ),
+    )
     unet = load_parts(config).unet
     assert unet.config.in_channels == 8
-    assert torch.equal(unet.conv_in.weight[:, :4], text_to_image.conv_in.weight) and torch.all(unet.conv_in.weight[:, 4:] == 0)
+    assert torch.equal(unet.conv_in.weight[:, :4], text_to_image.conv_in.weight) and torch.all(
+        unet.conv_in.weight[:, 4:] == 0
+    )
     before = text_to_image.state_dict()
     assert all(torch.equal(value, before[key]) for key, value in unet.state_dict().items() if key != "conv_in.weight")
     final = train(config, show_progress=False)

@@ -6,7 +6,6 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -22,92 +21,176 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def add_model_options(parser: argparse.ArgumentParser, *, device: bool = True, config: bool = True) -> None:
+    """--model (and --config, --device): the same words for every command that uses a model."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="diffusers folder, hub id (timbrooks/instruct-pix2pix) or "
+        ".safetensors/.ckpt file (default: the small-world model shipped with the package)",
+    )
+    if config:
+        parser.add_argument(
+            "--config",
+            help="diffusers config folder a single-file checkpoint is read with (default: SD 1.5 InstructPix2Pix)",
+        )
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ip2p", description="InstructPix2Pix: edit images from written instructions.")
-    parser.add_argument("--version", action="version", version=f"instruct-pix2pix {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    from instruct_pix2pix.settings import DTYPE_NAMES, EditSettings, positive_int
 
-    edit = commands.add_parser("edit", help="edit images from a written instruction",
-                               description="Edit INPUT (image files or folders) following INSTRUCTION.")
-    edit.add_argument("items", nargs="+", metavar="INPUT... INSTRUCTION", help="image files or folders, then the instruction")
+    parser = Parser(
+        prog="ip2p",
+        description="InstructPix2Pix: edit images from written instructions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"instruct-pix2pix {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    edit = commands.add_parser(
+        "edit",
+        help="edit images from a written instruction",
+        description="Edit INPUT (image files or folders) following INSTRUCTION.",
+    )
+    edit.add_argument(
+        "items", nargs="+", metavar="INPUT... INSTRUCTION", help="image files or folders, then the instruction"
+    )
     edit.add_argument("-o", "--output", required=True, help="output .png (one result) or folder (several)")
-    edit.add_argument("--then", action="append", default=[], metavar="INSTRUCTION", help="apply another instruction after (repeatable)")
-    edit.add_argument("--model", help="diffusers folder, hub id (timbrooks/instruct-pix2pix) or .safetensors/.ckpt file "
-                      "(default: the small-world model shipped with the package)")
-    edit.add_argument("--config", help="diffusers config folder for a single-file checkpoint (default: SD 1.5 InstructPix2Pix)")
-    edit.add_argument("--steps", type=positive_int, default=100, help="sampling steps (default 100)")
-    edit.add_argument("--text-cfg", type=float, default=7.5, help="text guidance scale (default 7.5)")
-    edit.add_argument("--image-cfg", type=float, default=1.5, help="image guidance scale (default 1.5)")
-    edit.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)")
+    edit.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="INSTRUCTION",
+        help="apply another instruction after (repeatable)",
+    )
+    add_model_options(edit)
+    EditSettings.add_options(edit)
+    edit.add_argument(
+        "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
+    )
     edit.add_argument("--num-images", type=positive_int, default=1, help="variants per input (default 1)")
-    edit.add_argument("--scheduler", default="euler_ancestral", help="euler_ancestral (default), euler, ddim, dpm++2m, unipc, ...")
-    edit.add_argument("--negative-prompt", default=None)
-    size = edit.add_mutually_exclusive_group()
-    size.add_argument("--resolution", type=positive_int, default=None, help="long side, about (default: the model's, 512 for SD)")
-    size.add_argument("--keep-size", action="store_true", help="keep the input size (cropped to a multiple of 8)")
     edit.add_argument("--batch-size", type=positive_int, default=None, help="most samples per UNet call (default: all)")
     edit.add_argument("--max-pixels", type=positive_int, default=None, help="refuse larger inputs (default 64 million)")
-    edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
-    edit.add_argument("--dtype", default=None, help="float32 (default on CPU), float16 (default on GPU), bfloat16")
+    edit.add_argument(
+        "--dtype",
+        choices=tuple(DTYPE_NAMES),
+        default=None,
+        help="float32 (default on CPU), float16 (default on GPU), bfloat16",
+    )
 
-    train = commands.add_parser("train", help="train an editing model",
-                                description="Train an editing model from CONFIG.yaml; key=value pairs override its settings.")
+    train = commands.add_parser(
+        "train",
+        help="train an editing model",
+        description="Train an editing model from CONFIG.yaml; key=value pairs override its settings.",
+    )
     train.add_argument("config", nargs="?", help="YAML file of settings (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
-    train.add_argument("--help-settings", action="store_true", help="list every setting with its type, default and meaning")
+    train.add_argument(
+        "--help-settings", action="store_true", help="list every setting with its type, default and meaning"
+    )
+    train.add_argument(
+        "--device",
+        choices=("auto", "cpu"),
+        default="auto",
+        help="auto (default: what accelerate picks) or cpu; `accelerate launch` chooses GPUs",
+    )
 
-    export = commands.add_parser("export", help="write a model as one .safetensors file (CompVis layout)",
-                                 description="Write MODEL in the single-file layout the original code, AUTOMATIC1111 and ComfyUI read.")
-    export.add_argument("model", help="diffusers folder, hub id or single file")
-    export.add_argument("output", help="the .safetensors file to write")
+    export = commands.add_parser(
+        "export",
+        help="write a model as one .safetensors file (CompVis layout)",
+        description="Write a model in the single-file layout the original code, AUTOMATIC1111 and ComfyUI read.",
+    )
+    add_model_options(export, device=False)
+    export.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+
+    info = commands.add_parser(
+        "info", help="say what a model is", description="Print what a model is, from its configuration."
+    )
+    add_model_options(info, device=False)
 
     dataset = commands.add_parser("dataset", help="look at training data")
-    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True, parser_class=Parser)
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, parser_class=Parser, metavar="COMMAND"
+    )
     dataset_info = dataset_commands.add_parser("info", help="count, schema and a few rows of a dataset")
     dataset_info.add_argument("path", help="parquet folder/files, a datasets folder or hub id, or the reference format")
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
-    world = commands.add_parser("world", help="the small world: sample scenes, write datasets, evaluate against ground truth",
-                                description="The small world: procedural scenes with an exact result for every edit.")
-    actions = world.add_subparsers(dest="world_command", required=True, parser_class=Parser)
+    world = commands.add_parser(
+        "world",
+        help="the small world: scenes, datasets, its models, evaluation against ground truth",
+        description="The small world: procedural scenes with an exact result for every edit.",
+    )
+    actions = world.add_subparsers(dest="world_command", required=True, parser_class=Parser, metavar="COMMAND")
     sample = actions.add_parser("sample", help="write scenes and their edits as PNGs, with a labelled sheet")
     sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")
     sample.add_argument("--count", type=positive_int, default=2, help="edits of each kind (default: 2)")
     sample.add_argument("--seed", type=int, default=0)
     generate = actions.add_parser("generate", help="write a training dataset (parquet or the reference format)")
-    generate.add_argument("output", help="folder to write")
+    generate.add_argument("-o", "--output", required=True, help="folder to write")
     generate.add_argument("--count", type=positive_int, default=40_000, help="number of edits (default: 40000)")
-    generate.add_argument("--split", default="train", help="train (the default), or any other name for scenes training never sees")
+    generate.add_argument(
+        "--split", default="train", help="train (the default), or any other name for scenes training never sees"
+    )
     generate.add_argument("--format", choices=("parquet", "reference"), default="parquet")
+    from instruct_pix2pix.small_world.evaluate import SETTINGS as small_world_settings
+
     demo = actions.add_parser("demo", help="edit a sample scene several ways; one labelled grid with the ground truth")
     demo.add_argument("-o", "--output", default="demo.png", help="PNG to write (default: demo.png)")
-    demo.add_argument("--model", default=None, help="model to use (default: the shipped small-world model)")
+    add_model_options(demo)
     demo.add_argument("--seed", type=int, default=0, help="which sample scene (default: 0)")
-    demo.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
-    evaluate = actions.add_parser("evaluate", help="edit held-out scenes and score every edit kind against ground truth")
-    evaluate.add_argument("--model", default=None, help="model to evaluate (default: the shipped small-world model)")
-    evaluate.add_argument("--per-kind", type=positive_int, default=40, help="held-out edits of each kind (default: 40)")
-    evaluate.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
-    evaluate.add_argument("--text-cfg", type=float, default=7.5)
-    evaluate.add_argument("--image-cfg", type=float, default=1.5)
+    EditSettings.add_options(demo, small_world_settings)
+    evaluate = actions.add_parser(
+        "evaluate", help="edit held-out scenes and score every edit kind against ground truth"
+    )
     evaluate.add_argument("-o", "--output", default="world-evaluation", help="folder for the JSON, table and figure")
-
-    info = commands.add_parser("info", help="say what a model is", description="Print what a model is, from its configuration.")
-    info.add_argument("source", nargs="?", default=None,
-                      help="diffusers folder, hub id or single-file checkpoint (default: the shipped small-world model)")
-    info.add_argument("--config", help="config folder for a single-file checkpoint")
+    add_model_options(evaluate)
+    evaluate.add_argument("--per-kind", type=positive_int, default=40, help="held-out edits of each kind (default: 40)")
+    EditSettings.add_options(evaluate, small_world_settings)
+    recipe = actions.add_parser(
+        "train-default",
+        help="retrain the shipped default model from nothing (data, CLIP, VAE, UNet)",
+        description="Run the recipe of the shipped default model; every stage resumes.",
+    )
+    recipe.add_argument(
+        "--work", default="runs/default", help="where every stage leaves its results (default: runs/default)"
+    )
+    recipe.add_argument(
+        "--edits", type=positive_int, default=None, help="training edits to generate (default: the recipe's)"
+    )
+    recipe.add_argument("--steps", type=positive_int, default=None, help="UNet training steps (default: the config's)")
+    recipe.add_argument("--no-package", action="store_true", help="leave the shipped model in the package alone")
+    pretrain = actions.add_parser("pretrain", help="train the small world's CLIP or VAE (resumes from its checkpoint)")
+    pretrain.add_argument("part", choices=("clip", "vae"))
+    pretrain.add_argument("-o", "--output", required=True, help="folder for the checkpoint, metrics and model/")
+    pretrain.add_argument("--steps", type=positive_int)
+    pretrain.add_argument("--batch-size", type=positive_int)
+    pretrain.add_argument("--learning-rate", type=float)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--image-size", type=positive_int, default=64)
+    pretrain.add_argument("--checkpoint-every", type=positive_int, default=50)
+    pretrain.add_argument("--eval-examples", type=positive_int)
+    pretrain.add_argument("--no-progress", action="store_true")
+    parser.epilog = "subcommands:\n" + "\n".join(
+        line for line in command_lines(commands) if line.split("  ")[1].count(" ")
+    )
     return parser
+
+
+def command_lines(commands, prefix: str = "") -> list[str]:
+    """'  edit            edit images ...' for every command and subcommand, for `ip2p --help`."""
+    lines = []
+    for choice in commands._choices_actions:
+        name = f"{prefix}{choice.dest}"
+        lines.append(f"  {name:<22}{choice.help}")
+        sub = commands.choices[choice.dest]._subparsers
+        if sub is not None:
+            nested = next(a for a in sub._group_actions if isinstance(a, argparse._SubParsersAction))
+            lines += command_lines(nested, prefix=name + " ")
+    return lines
 
 
 def input_paths(items: list[str]) -> list[Path]:
@@ -140,55 +223,42 @@ def output_paths(output: str, result, inputs: list[Path]) -> list[Path]:
     return [out / name for name in names]
 
 
-def reproduce_command(edit, input_path: Path, result) -> str:
-    words = ["ip2p", "edit", str(input_path), edit.instructions[0], "-o", "OUT.png", "--seed", str(edit.seed)]
-    for text in edit.instructions[1:]:
-        words += ["--then", text]
-    s = result.settings
-    from instruct_pix2pix.models import DEFAULT_MODEL
-
-    if result.model != str(DEFAULT_MODEL):  # the shipped default needs no --model
-        words += ["--model", result.model]
-    words += ["--steps", str(s.num_inference_steps), "--text-cfg", str(s.guidance_scale),
-              "--image-cfg", str(s.image_guidance_scale), "--scheduler", s.scheduler, "--dtype", result.dtype]
-    words += ["--keep-size"] if s.keep_size else ["--resolution", str(s.resolution)]
-    if s.negative_prompt:
-        words += ["--negative-prompt", s.negative_prompt]
-    return shlex.join(words)
-
-
 def run_edit(args) -> None:
-    from instruct_pix2pix.editing import SCHEDULERS, Editor
+    from instruct_pix2pix.editing import Editor
     from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, load_image, save_png
+    from instruct_pix2pix.settings import EditSettings
 
     if len(args.items) < 2:
-        raise UserError("give an input image (or folder) and then an instruction, e.g. ip2p edit photo.jpg \"make it snowy\" -o out.png")
+        raise UserError(
+            "give an input image (or folder) and then an instruction, "
+            'e.g. ip2p edit photo.jpg "make it snowy" -o out.png'
+        )
     *items, instruction = args.items
     paths = input_paths(items)
     check_output(args.output, len(paths) * args.num_images)
-    if args.scheduler not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+    settings = EditSettings.from_args(args)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     images = [load_image(path, max_pixels=max_pixels) for path in paths]  # all bad input fails before the model loads
     editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
     result = editor.edit(
-        images, instruction, then=args.then, num_inference_steps=args.steps, guidance_scale=args.text_cfg,
-        image_guidance_scale=args.image_cfg, seed=args.seed, num_images=args.num_images, scheduler=args.scheduler,
-        negative_prompt=args.negative_prompt, resolution=args.resolution, keep_size=args.keep_size,
-        max_pixels=max_pixels, batch_size=args.batch_size,
+        images,
+        instruction,
+        settings,
+        then=args.then,
+        seed=args.seed,
+        num_images=args.num_images,
+        max_pixels=max_pixels,
+        batch_size=args.batch_size,
     )
     for edit, path in zip(result.edits, output_paths(args.output, result, paths)):
-        metadata = result.metadata(edit)
-        metadata["input"] = str(paths[edit.input_index])
-        metadata["parameters"] = reproduce_command(edit, paths[edit.input_index], result)
-        save_png(edit.image, path, metadata)
+        save_png(edit.image, path, result.metadata(edit, paths[edit.input_index]))
         print(path)
 
 
 def run_info(args) -> None:
-    from instruct_pix2pix.models import describe
+    from instruct_pix2pix.loading import describe
 
-    for key, value in describe(args.source, config=args.config).items():
+    for key, value in describe(args.model, config=args.config).items():
         print(f"{key:<20}{value}")
 
 
@@ -211,15 +281,21 @@ def run_train(args) -> None:
         return
     if args.config is None:
         raise UserError("give a config file, e.g. ip2p train configs/tiny.yaml (settings: ip2p train --help-settings)")
-    print(train(load_config(args.config, args.overrides)))
+    print(train(load_config(args.config, args.overrides), cpu=args.device == "cpu"))
 
 
 def run_export(args) -> None:
-    from instruct_pix2pix.models import load_model
-    from instruct_pix2pix.single_file import save_single_file
+    from instruct_pix2pix.loading import load_model, save_single_file
 
-    model = load_model(args.model)
-    save_single_file(model.unet, model.vae, model.text_encoder, args.output)
+    model = load_model(args.model, config=args.config)
+    save_single_file(
+        model.unet,
+        model.vae,
+        model.text_encoder,
+        args.output,
+        tokenizer=model.tokenizer,
+        scheduler_config=model.scheduler_config,
+    )
     print(args.output)
 
 
@@ -244,25 +320,64 @@ def run_world(args) -> None:
         from instruct_pix2pix.small_world.generate import write_dataset
 
         print(write_dataset(args.output, args.count, split=args.split, format=args.format))
-    elif args.world_command == "demo":
-        from instruct_pix2pix import Editor
-        from instruct_pix2pix.images import save_png
-        from instruct_pix2pix.small_world.evaluate import demo_sheet
+    elif args.world_command == "train-default":
+        from instruct_pix2pix.small_world.recipe import TRAINING_EDITS, run_recipe
 
-        sheet, scores = demo_sheet(Editor.from_pretrained(args.model, device="cpu"), seed=args.seed, num_inference_steps=args.steps)
-        save_png(sheet, args.output)
-        print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
+        edits = args.edits or TRAINING_EDITS
+        print(run_recipe(Path(args.work), edits=edits, steps=args.steps, package_model=not args.no_package))
+    elif args.world_command == "pretrain":
+        run_pretrain(args)
     else:
         from instruct_pix2pix import Editor
-        from instruct_pix2pix.small_world.evaluate import run_evaluation
+        from instruct_pix2pix.settings import EditSettings
 
-        editor = Editor.from_pretrained(args.model, device="cpu")
-        out = run_evaluation(editor, Path(args.output), per_kind=args.per_kind, num_inference_steps=args.steps,
-                             guidance_scale=args.text_cfg, image_guidance_scale=args.image_cfg)  # fmt: skip
-        print(out)
+        editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
+        settings = EditSettings.from_args(args)
+        if args.world_command == "demo":
+            from instruct_pix2pix.images import save_png
+            from instruct_pix2pix.small_world.evaluate import demo_sheet
+
+            sheet, scores = demo_sheet(editor, settings, seed=args.seed)
+            save_png(sheet, args.output)
+            print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
+        else:
+            from instruct_pix2pix.small_world.evaluate import run_evaluation
+
+            print(run_evaluation(editor, Path(args.output), settings, per_kind=args.per_kind))
 
 
-COMMANDS = {"world": run_world, "edit": run_edit, "info": run_info, "train": run_train, "export": run_export, "dataset": run_dataset}
+def run_pretrain(args) -> None:
+    import json
+
+    from instruct_pix2pix.small_world import pretrain
+
+    chosen = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "eval_examples": args.eval_examples,
+    }
+    settings = {**pretrain.DEFAULTS[args.part], **{k: v for k, v in chosen.items() if v is not None}}
+    train = pretrain.train_clip if args.part == "clip" else pretrain.train_vae
+    metrics = train(
+        args.output,
+        seed=args.seed,
+        image_size=args.image_size,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+        **settings,
+    )
+    print(json.dumps(metrics, indent=2))
+
+
+COMMANDS = {
+    "world": run_world,
+    "edit": run_edit,
+    "info": run_info,
+    "train": run_train,
+    "export": run_export,
+    "dataset": run_dataset,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,63 +10,33 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import random
-import re
-import warnings
+import shlex
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
 from instruct_pix2pix import __version__
-from instruct_pix2pix.errors import EditWarning, UserError
+from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.guidance import guided_denoiser
 from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, fit_to_multiple, load_image, resize_for_edit, to_pil, to_tensor
-from instruct_pix2pix.models import EditingModel, load_model
+from instruct_pix2pix.loading import DEFAULT_MODEL, ModelBundle, load_model
+from instruct_pix2pix.prompts import PromptCheck, closed_vocabulary_check, encode_prompts, warn_if_truncated
+from instruct_pix2pix.settings import DTYPE_NAMES, EditSettings, make_scheduler
 
-# Scheduler names as users type them, and the diffusers class (with settings) each one means.
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm++2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
-    "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-}
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
+DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
 
 class NumericalError(UserError):
     """The sampler produced NaN or inf (float16 overflow, usually)."""
-
-
-def make_scheduler(name: str, config: dict):
-    if name not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
-    cls, settings = SCHEDULERS[name]
-    return cls.from_config(config, **settings)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,31 +67,6 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 
 
 @dataclass
-class EditSettings:
-    """Everything besides the image, the instruction and the model that decides an edit's pixels."""
-
-    num_inference_steps: int = 100
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5
-    scheduler: str = "euler_ancestral"
-    negative_prompt: str | None = None
-    resolution: int | None = None  # None: the model's own size; resolved in EditResult.settings
-    keep_size: bool = False
-
-    def check(self) -> None:
-        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
-            raise UserError(f"the number of steps must be a positive whole number, not {self.num_inference_steps!r}")
-        for name in ("guidance_scale", "image_guidance_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(f"{name} must be a finite number, not {value!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise UserError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
-        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 64):
-            raise UserError(f"resolution must be a whole number of at least 64, not {self.resolution!r}")
-
-
-@dataclass
 class Edit:
     """One output image and what made it."""
 
@@ -138,6 +83,7 @@ class EditResult:
     settings: EditSettings
     model: str
     dtype: str
+    config: str | None = None  # the config folder a single-file model was read with, when one was given
     extra: dict = field(default_factory=dict)
 
     @property
@@ -148,17 +94,47 @@ class EditResult:
     def seeds(self) -> list[int]:
         return [edit.seed for edit in self.edits]
 
-    def metadata(self, edit: Edit) -> dict[str, str]:
+    def command(self, edit: Edit, input_path: str | Path = "INPUT.png") -> str:
+        """The `ip2p edit` command that makes this edit again, pixel for pixel."""
+        words = ["ip2p", "edit", str(input_path), edit.instructions[0], "-o", "OUT.png", "--seed", str(edit.seed)]
+        for text in edit.instructions[1:]:
+            words += ["--then", text]
+        if self.model != str(DEFAULT_MODEL):  # the shipped default needs no --model
+            words += ["--model", self.model]
+        if self.config:
+            words += ["--config", self.config]
+        words += [*self.settings.command_words(), "--dtype", self.dtype]
+        return shlex.join(words)
+
+    def metadata(self, edit: Edit, input_path: str | Path | None = None) -> dict[str, str]:
         """PNG text chunks from which the edit can be reproduced."""
         record = {
             "instructions": edit.instructions,
             "seed": edit.seed,
             "model": self.model,
+            "config": self.config,
             "dtype": self.dtype,
             **asdict(self.settings),
             "instruct_pix2pix_version": __version__,
         }
-        return {"instruct-pix2pix": json.dumps(record), "Software": f"instruct-pix2pix {__version__}"}
+        chunks = {"instruct-pix2pix": json.dumps(record), "Software": f"instruct-pix2pix {__version__}"}
+        if input_path is not None:
+            chunks["input"] = str(input_path)
+            chunks["parameters"] = self.command(edit, input_path)
+        return chunks
+
+
+@contextmanager
+def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (no dropout), each module's own mode back afterwards."""
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
 
 
 class Editor:
@@ -167,14 +143,24 @@ class Editor:
     >>> editor = Editor.from_pretrained("timbrooks/instruct-pix2pix")
     >>> result = editor.edit("photo.jpg", "make it snowy", seed=0)
     >>> result.images[0].save("snowy.png")
+
+    An `Editor` shares the model it is given (nothing is copied): it places the parts on its device,
+    and changes nothing else about them; during an edit they are in eval mode, afterwards in the
+    mode they were in, and their weights and `requires_grad` flags are never touched. So a trainer
+    can edit with the model it is training. `prompt_check` is called with every prompt before
+    encoding (the default model's warns about words it does not know).
     """
 
-    def __init__(self, model: EditingModel, device: str | torch.device = "cpu"):
+    def __init__(
+        self, model: ModelBundle, device: str | torch.device = "cpu", *, prompt_check: PromptCheck | None = None
+    ):
         self.model = model
         self.device = pick_device(device)
         for part in (model.unet, model.vae, model.text_encoder):
-            part.to(self.device).eval().requires_grad_(False)
+            part.to(self.device)
         self.dtype = model.unet.dtype
+        self.prompt_check = prompt_check
+        self.default_settings = EditSettings()
 
     @classmethod
     def from_pretrained(
@@ -185,10 +171,11 @@ class Editor:
         dtype: str | torch.dtype | None = None,
         config: str | Path | None = None,
     ) -> Editor:
-        """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `models.load_model`);
+        """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `loading.load_model`);
         with no source, the small-world model shipped in the package."""
         device = pick_device(device)
-        return cls(load_model(source, dtype=pick_dtype(dtype, device), config=config), device)
+        model = load_model(source, dtype=pick_dtype(dtype, device), config=config)
+        return cls(model, device, prompt_check=closed_vocabulary_check(model.about))
 
     # --- the public entry point -----------------------------------------------------------------
 
@@ -197,23 +184,20 @@ class Editor:
         self,
         image: str | Path | Image.Image | Sequence[str | Path | Image.Image],
         instruction: str | Sequence[str],
+        settings: EditSettings | None = None,
         *,
         then: Sequence[str] = (),
-        num_inference_steps: int = 100,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
         seed: int | None = None,
         num_images: int = 1,
-        scheduler: str = "euler_ancestral",
-        negative_prompt: str | None = None,
-        resolution: int | None = None,
-        keep_size: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int | None = None,
         show_progress: bool = True,
+        **setting_overrides,
     ) -> EditResult:
         """Edit one or many images.
 
+        `settings` (default `EditSettings()`) decide how each sample is made; any of them can also
+        be given by name, e.g. `num_inference_steps=20, guidance_scale=7.5`.
         `image` and `instruction` may each be one item or a list; two lists pair up item by item,
         and a single item goes with every item of the other list. `then` lists further
         instructions applied in order to each result (a compound edit). Each input gives
@@ -221,16 +205,13 @@ class Editor:
         alone. All samples of the same size go through the UNet together (at most `batch_size`
         at a time). An empty instruction returns the (resized) input, as the reference does.
         """
-        settings = EditSettings(
-            num_inference_steps, guidance_scale, image_guidance_scale, scheduler, negative_prompt, resolution, keep_size
-        )
-        settings.check()
+        settings = (settings or self.default_settings).replace(**setting_overrides)
         if not isinstance(num_images, int) or num_images < 1:
             raise UserError(f"num_images must be a positive whole number, not {num_images!r}")
         if seed is None:
             seed = random.randrange(2**32 - num_images)
-        if settings.resolution is None and not keep_size:
-            settings.resolution = self.model.default_resolution
+        if settings.resolution is None and not settings.keep_size:
+            settings = settings.replace(resolution=self.model.default_resolution)
 
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         instructions = [instruction] if isinstance(instruction, str) else list(instruction)
@@ -242,17 +223,20 @@ class Editor:
         current = [inputs[index] for index, _, _ in samples]
         progress = tqdm(
             total=self.count_unet_calls(samples, current, settings, batch_size),
-            disable=not show_progress, desc="editing", unit="step",
+            disable=not show_progress,
+            desc="editing",
+            unit="step",
         )
         pixels = [None] * len(samples)
-        with progress:
+        model = self.model
+        with progress, evaluating(model.unet, model.vae, model.text_encoder):
             for step in range(1 + len(then)):
                 prompts = [texts[step] for _, texts, _ in samples]
                 results = self.edit_batch(current, prompts, [s for _, _, s in samples], settings, batch_size, progress)
                 current = [image for image, _ in results]
                 pixels = [new if new is not None else old for (_, new), old in zip(results, pixels)]
         edits = [Edit(img, index, texts, s, px) for img, px, (index, texts, s) in zip(current, pixels, samples)]
-        return EditResult(edits, settings, self.model.source, str(self.dtype).removeprefix("torch."))
+        return EditResult(edits, settings, model.source, str(self.dtype).removeprefix("torch."), model.config)
 
     def prepare_image(self, source, settings: EditSettings, max_pixels: int) -> Image.Image:
         image = load_image(source, max_pixels=max_pixels)
@@ -275,15 +259,23 @@ class Editor:
         scheduler = make_scheduler(settings.scheduler, self.model.scheduler_config)
         scheduler.set_timesteps(settings.num_inference_steps)
         chain_length = len(samples[0][1])
-        batches = sum(len(self.batches(images, [texts[k] for _, texts, _ in samples], batch_size)) for k in range(chain_length))
+        batches = sum(
+            len(self.batches(images, [texts[k] for _, texts, _ in samples], batch_size)) for k in range(chain_length)
+        )
         return len(scheduler.timesteps) * batches
 
-    def edit_batch(self, images, prompts, seeds, settings, batch_size, progress) -> list[tuple[Image.Image, np.ndarray | None]]:
+    def edit_batch(
+        self, images, prompts, seeds, settings, batch_size, progress
+    ) -> list[tuple[Image.Image, np.ndarray | None]]:
         """Apply prompts[i] to images[i] with seeds[i]; an empty prompt leaves its image as it is."""
         out = [(image, None) for image in images]
         for indices in self.batches(images, prompts, batch_size):
             edited = self.sample(
-                [images[i] for i in indices], [prompts[i] for i in indices], [seeds[i] for i in indices], settings, progress
+                [images[i] for i in indices],
+                [prompts[i] for i in indices],
+                [seeds[i] for i in indices],
+                settings,
+                progress,
             )
             for i, result in zip(indices, edited):
                 out[i] = result
@@ -307,7 +299,12 @@ class Editor:
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
         denoise = guided_denoiser(
-            model.unet, text_embeds, null_text_embeds, image_latents, settings.guidance_scale, settings.image_guidance_scale
+            model.unet,
+            text_embeds,
+            null_text_embeds,
+            image_latents,
+            settings.guidance_scale,
+            settings.image_guidance_scale,
         )
         for t in scheduler.timesteps:
             model_output = denoise(scheduler.scale_model_input(latents, t), t)
@@ -323,33 +320,13 @@ class Editor:
         pixels = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
         return list(zip(to_pil(decoded), pixels))
 
-    def warn_unknown_words(self, prompt: str) -> None:
-        """A model with a closed vocabulary (the small world's) says which words it has never seen."""
-        known = set((self.model.about or {}).get("words", ()))
-        unknown = [w for w in dict.fromkeys(re.findall(r"[a-z0-9']+", prompt.lower())) if known and w not in known]
-        if unknown:
-            listed = ", ".join(repr(w) for w in unknown)
-            noun = "word" if len(unknown) == 1 else "words"
-            warnings.warn(f"the model does not know the {noun} {listed}; it understands {self.model.about.get('understands', '')}",
-                          EditWarning, stacklevel=5)  # fmt: skip
-
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Last hidden states of the text encoder, padded to the tokenizer's length, as diffusers does."""
         tokenizer, encoder = self.model.tokenizer, self.model.text_encoder
-        max_length = min(tokenizer.model_max_length, getattr(encoder.config, "max_position_embeddings", 10**6), 10**6)
-        for prompt in set(prompts):
-            self.warn_unknown_words(prompt)
-            ids = tokenizer(prompt, truncation=False).input_ids
-            if len(ids) > max_length:
-                kept = tokenizer.decode(ids[1 : max_length - 1])
-                warnings.warn(
-                    f"the instruction is longer than the model's {max_length} tokens and was cut to: {kept!r}",
-                    EditWarning,
-                    stacklevel=4,
-                )
-        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device) if getattr(encoder.config, "use_attention_mask", False) else None
-        return encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+        for prompt in dict.fromkeys(prompts):
+            if self.prompt_check:
+                self.prompt_check(prompt)
+        warn_if_truncated(tokenizer, encoder, prompts)
+        return encode_prompts(tokenizer, encoder, prompts, self.device).to(self.dtype)
 
 
 def pair_up(images: list, instructions: list[str]) -> list[tuple[int, str]]:
@@ -361,5 +338,7 @@ def pair_up(images: list, instructions: list[str]) -> list[tuple[int, str]]:
     if len(instructions) == 1:
         return [(i, instructions[0]) for i in range(len(images))]
     if len(images) != len(instructions):
-        raise UserError(f"{len(images)} images and {len(instructions)} instructions: give one instruction, or one per image")
+        raise UserError(
+            f"{len(images)} images and {len(instructions)} instructions: give one instruction, or one per image"
+        )
     return list(enumerate(instructions))

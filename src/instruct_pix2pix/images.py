@@ -379,8 +379,10 @@ def image_grid(
 
     font = ImageFont.load_default()
     line = 12
-    cells = [[img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if img else None for img in row]
-             for row in rows]  # fmt: skip
+    cells = [
+        [img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if img else None for img in row]
+        for row in rows
+    ]
     width = max((img.width for row in cells for img in row if img), default=64)
     height = max((img.height for row in cells for img in row if img), default=64)
     columns = max(len(row) for row in cells)

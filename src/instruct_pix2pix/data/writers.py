@@ -1,18 +1,20 @@
-"""Writing edit examples: parquet with the released dataset's schema, and the reference on-disk format."""
+"""Writing edit examples: parquet with the released dataset's schema, and the reference on-disk format.
+
+Both are written atomically (`instruct_pix2pix.atomic`): a crash never leaves half a file or folder.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from instruct_pix2pix.data.datasets import EditExample
+from instruct_pix2pix.atomic import atomic_folder, atomic_path
+from instruct_pix2pix.data.base import EditExample
 from instruct_pix2pix.errors import UserError
 
 # The released dataset's column order; images as datasets Image() structs, so `datasets` decodes them.
@@ -40,10 +42,6 @@ def _image_format(image_format: str) -> str:
     if name not in ("PNG", "JPEG"):
         raise UserError(f"image_format must be PNG or JPEG, not {image_format!r}")
     return name
-
-
-def _temporary_next_to(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
 def write_parquet(
@@ -79,11 +77,6 @@ def write_parquet(
         ],
         metadata={"huggingface": json.dumps({"info": {"features": _HF_FEATURES}})},
     )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder of {path}: {e.strerror or e}") from e
-    temporary = _temporary_next_to(path)
     written = 0
     rows: dict[str, list] = {name: [] for name in PARQUET_COLUMNS}
 
@@ -93,24 +86,17 @@ def write_parquet(
             for column in rows.values():
                 column.clear()
 
-    try:
-        with pq.ParquetWriter(temporary, schema) as writer:
-            for example in examples:
-                rows["original_prompt"].append(example.input_caption)
-                rows["original_image"].append({"bytes": _encode(example.input_image, image_format), "path": None})
-                rows["edit_prompt"].append(example.instruction)
-                rows["edited_prompt"].append(example.edited_caption)
-                rows["edited_image"].append({"bytes": _encode(example.edited_image, image_format), "path": None})
-                written += 1
-                if len(rows["edit_prompt"]) >= rows_per_group:
-                    flush(writer)
-            flush(writer)
-        os.replace(temporary, path)
-    except BaseException as e:
-        temporary.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from e
-        raise
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+        for example in examples:
+            rows["original_prompt"].append(example.input_caption)
+            rows["original_image"].append({"bytes": _encode(example.input_image, image_format), "path": None})
+            rows["edit_prompt"].append(example.instruction)
+            rows["edited_prompt"].append(example.edited_caption)
+            rows["edited_image"].append({"bytes": _encode(example.edited_image, image_format), "path": None})
+            written += 1
+            if len(rows["edit_prompt"]) >= rows_per_group:
+                flush(writer)
+        flush(writer)
     return written
 
 
@@ -129,15 +115,10 @@ def write_reference_folder(
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"{folder} already exists and is not an empty folder; give a new folder")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _temporary_next_to(folder)
-        temporary.mkdir()
-    except OSError as e:
-        raise UserError(f"cannot create {folder}: {e.strerror or e}; check the path and permissions") from e
     seeds_json: list = []
     next_seed = 0
-    try:
+    # The files inside are plain writes: the whole folder appears at once, or not at all.
+    with atomic_folder(folder) as temporary:  # an empty existing folder is replaced
         for index, item in enumerate(examples):
             group = [item] if isinstance(item, EditExample) else list(item)
             if not group:
@@ -156,10 +137,4 @@ def write_reference_folder(
                 seeds.append(seed)
             seeds_json.append([name, seeds])
         (temporary / "seeds.json").write_text(json.dumps(seeds_json), encoding="utf-8")
-        os.replace(temporary, folder)  # an empty existing folder is replaced
-    except BaseException as e:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {folder}: {e.strerror or e}; check free space and permissions") from e
-        raise
     return len(seeds_json)

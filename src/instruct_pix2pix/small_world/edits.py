@@ -31,8 +31,9 @@ PHRASINGS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
          "color {obj} {colour}", "make {obj} {colour} instead", "change {obj} to {colour}", "{obj} should be {colour}"],
         ["recolor {obj} {colour}", "can you make {obj} {colour}", "i want {obj} to be {colour}"])},
     "reshape": {"": (
-        ["turn {obj} into a {shape}", "make {obj} a {shape}", "change {obj} into a {shape}", "change {obj} to a {shape}",
-         "replace {obj} with a {colour} {shape}", "{obj} should be a {shape}", "swap {obj} for a {colour} {shape}"],
+        ["turn {obj} into a {shape}", "make {obj} a {shape}", "change {obj} into a {shape}",
+         "change {obj} to a {shape}", "replace {obj} with a {colour} {shape}", "{obj} should be a {shape}",
+         "swap {obj} for a {colour} {shape}"],
         ["transform {obj} into a {shape}", "can you make {obj} a {shape}", "i want {obj} to be a {shape}"])},
     "add": {"": (
         ["add {thing} {where}", "put {thing} {where}", "draw {thing} {where}", "place {thing} {where}",
@@ -53,17 +54,20 @@ PHRASINGS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
             ["can you make {obj} smaller", "i want {obj} to be small", "{obj} should be smaller"]),
     },
     "move": {"": (
-        ["move {obj} {direction}", "move {obj} one step {direction}", "shift {obj} {direction}", "slide {obj} {direction}",
-         "push {obj} {direction}", "move {obj} {direction} a bit"],
+        ["move {obj} {direction}", "move {obj} one step {direction}", "shift {obj} {direction}",
+         "slide {obj} {direction}", "push {obj} {direction}", "move {obj} {direction} a bit"],
         ["can you move {obj} {direction}", "{obj} should go {direction}", "i want {obj} moved {direction}"])},
     "background": {
         "plain": (
-            ["make the background {background}", "change the background to {background}", "paint the background {background}",
-             "use a {background} background", "turn the background {background}", "set the background to {background}"],
-            ["can you make the background {background}", "i want a {background} background", "the background should be {background}"]),
+            ["make the background {background}", "change the background to {background}",
+             "paint the background {background}", "use a {background} background",
+             "turn the background {background}", "set the background to {background}"],
+            ["can you make the background {background}", "i want a {background} background",
+             "the background should be {background}"]),
         "scenery": (
-            ["put everything on {background}", "change the background to {background}", "make the background {background}",
-             "move the scene to {background}", "set the scene on {background}", "place them on {background}"],
+            ["put everything on {background}", "change the background to {background}",
+             "make the background {background}", "move the scene to {background}", "set the scene on {background}",
+             "place them on {background}"],
             ["can you put everything on {background}", "i want the background to be {background}",
              "the scene should be on {background}"]),
     },
@@ -137,7 +141,8 @@ def _reshape(scene: Scene, rng: random.Random) -> Change | None:
     if not shapes:
         return None
     shape = rng.choice(shapes)
-    return scene.replace_thing(thing, replace(thing, shape=shape)), {"obj": thing.name, "shape": shape, "colour": thing.colour}, ""
+    words = {"obj": thing.name, "shape": shape, "colour": thing.colour}
+    return scene.replace_thing(thing, replace(thing, shape=shape)), words, ""
 
 
 def _new_things(scene: Scene, rng: random.Random, count: int) -> list[Thing] | None:
@@ -228,7 +233,9 @@ EDIT_FUNCTIONS: dict[str, Callable[[Scene, random.Random], Change | None]] = {
 
 
 def make_edit(scene: Scene, kind: str, rng: random.Random, *, held_out: bool = False) -> WorldEdit | None:
-    """Apply one edit of `kind` to `scene`, phrased with a training (or held-out) phrasing; None if it does not apply."""
+    """Apply one edit of `kind` to `scene`, phrased with a training (or held-out) phrasing.
+
+    None if it does not apply."""
     change = EDIT_FUNCTIONS[kind](scene, rng)
     if change is None:
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from instruct_pix2pix.atomic import atomic_file, write_text
 from instruct_pix2pix.data import EditExample, write_parquet, write_reference_folder
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, sample_edits
@@ -58,12 +59,10 @@ def write_dataset(
                 continue
             write_parquet(_examples(sample_edits(split, number, start=start), size, bar), path)
     bar.close()
-    triples = output / f"{split}-triples.jsonl"
-    temporary = triples.with_name(f".{triples.name}.tmp")
-    with temporary.open("w") as f:
+    with atomic_file(output / f"{split}-triples.jsonl", "w", encoding="utf-8") as f:
         for edit in sample_edits(split, count):
-            f.write(json.dumps({"input": edit.input_caption, "edit": edit.instruction, "output": edit.edited_caption}) + "\n")
-    os.replace(temporary, triples)
+            triple = {"input": edit.input_caption, "edit": edit.instruction, "output": edit.edited_caption}
+            f.write(json.dumps(triple) + "\n")
     return output
 
 
@@ -85,7 +84,9 @@ def write_samples(output: str | os.PathLike[str], *, count: int = 2, size: int =
         before, after = render(edit.before, size), render(edit.after, size)
         stem = f"{index:03d}-{edit.kind}"
         save_png(before, output / f"{stem}-input.png", {"caption": edit.input_caption})
-        save_png(after, output / f"{stem}-edited.png", {"caption": edit.edited_caption, "instruction": edit.instruction})
+        save_png(
+            after, output / f"{stem}-edited.png", {"caption": edit.edited_caption, "instruction": edit.instruction}
+        )
         records.append({"input": f"{stem}-input.png", "edited": f"{stem}-edited.png", "kind": edit.kind,
                         "instruction": edit.instruction, "input_caption": edit.input_caption,
                         "edited_caption": edit.edited_caption})  # fmt: skip
@@ -93,7 +94,5 @@ def write_samples(output: str | os.PathLike[str], *, count: int = 2, size: int =
         labels.append([edit.kind, edit.instruction])
     save_png(image_grid(rows, column_labels=["input", "edited (ground truth)"], scale=2, cell_labels=labels,
                         cell_label_lines=3), output / "sheet.png")  # fmt: skip
-    temporary = output / ".edits.jsonl.tmp"
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(temporary, output / "edits.jsonl")
+    write_text(output / "edits.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return output

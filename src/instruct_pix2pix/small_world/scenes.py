@@ -131,7 +131,8 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
         s = r * 0.86  # same visual weight as a circle of radius r
         return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
     if shape == "triangle":
-        return [(cx + r * math.cos(a), cy + r * 0.1 + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        corners = (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        return [(cx + r * math.cos(a), cy + r * 0.1 + r * math.sin(a)) for a in corners]
     if shape == "star":
         return [
             (cx + (r if k % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + k * math.pi / 5),

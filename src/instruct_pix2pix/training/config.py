@@ -24,7 +24,9 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 @dataclass
 class TrainConfig:
     # --- model: start from a text-to-image or editing checkpoint, or from scratch ---
-    pretrained_model_name_or_path: str | None = None  # folder, hub id or single file (text-to-image: conv_in is widened 4 -> 8)
+    pretrained_model_name_or_path: str | None = (
+        None  # folder, hub id or single file (text-to-image: conv_in is widened 4 -> 8)
+    )
     pretrained_config: str | None = None  # diffusers config folder for a single file (default: SD 1.5's)
     from_scratch: str | None = None  # a diffusers-format folder of configs (+ tokenizer, and VAE/text encoder weights)
     # --- data ---
@@ -43,14 +45,18 @@ class TrainConfig:
     train_batch_size: int = 4  # per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-4  # AdamW's peak
-    lr_scheduler: str = "constant_with_warmup"  # diffusers' get_scheduler: constant, constant_with_warmup, linear, cosine, ...
+    lr_scheduler: str = (
+        "constant_with_warmup"  # diffusers' get_scheduler: constant, constant_with_warmup, linear, cosine, ...
+    )
     lr_warmup_steps: int = 0  # linear warmup, in optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0  # gradient clipping
-    use_ema: bool = False  # keep an EMA of the UNet (with warmup); model/unet holds it, model/unet_non_ema the raw weights
+    use_ema: bool = (
+        False  # keep an EMA of the UNet (with warmup); model/unet holds it, model/unet_non_ema the raw weights
+    )
     ema_decay: float = 0.9999
     mixed_precision: str = "no"  # no, fp16, bf16
     gradient_checkpointing: bool = False  # less memory, more compute
@@ -59,9 +65,13 @@ class TrainConfig:
     checkpointing_steps: int = 500  # save a checkpoint every this many optimizer steps (and at the end)
     checkpoints_total_limit: int | None = 3  # keep the newest this many checkpoints (none: keep all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    validation_steps: int = 0  # save a grid of validation edits every this many optimizer steps (and at the end); 0: none
+    validation_steps: int = (
+        0  # save a grid of validation edits every this many optimizer steps (and at the end); 0: none
+    )
     validation_prompts: list[str] = field(default_factory=list)  # the instructions of the grid's columns
-    validation_images: list[str] = field(default_factory=list)  # the grid's input images (default: the first 4 training inputs)
+    validation_images: list[str] = field(
+        default_factory=list
+    )  # the grid's input images (default: the first 4 training inputs)
     validation_inference_steps: int = 20  # sampling steps of a validation edit (fixed seed: the run's seed)
     report_to: str | None = None  # "tensorboard" when installed
     dataloader_num_workers: int = 0
@@ -71,7 +81,13 @@ class TrainConfig:
             raise UserError("train_data is not set: give a dataset folder, parquet files or a hub dataset id")
         if (self.pretrained_model_name_or_path is None) == (self.from_scratch is None):
             raise UserError("set exactly one of pretrained_model_name_or_path and from_scratch")
-        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "resolution"):
+        for name in (
+            "max_train_steps",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "resolution",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
@@ -81,20 +97,28 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.max_resize_resolution is not None and self.max_resize_resolution < self.resolution:
-            raise UserError(f"max_resize_resolution ({self.max_resize_resolution}) must be at least resolution ({self.resolution})")
-        if self.cache_latents and (self.random_flip or (self.max_resize_resolution or self.resolution) > self.resolution):
-            raise UserError("cache_latents needs augmentation off (random_flip=false, max_resize_resolution=none): "
-                            "a cached example must look the same every epoch")
+            raise UserError(
+                f"max_resize_resolution ({self.max_resize_resolution}) must be at least resolution ({self.resolution})"
+            )
+        if self.cache_latents and (
+            self.random_flip or (self.max_resize_resolution or self.resolution) > self.resolution
+        ):
+            raise UserError(
+                "cache_latents needs augmentation off (random_flip=false, max_resize_resolution=none): "
+                "a cached example must look the same every epoch"
+            )
         if self.validation_steps < 0 or self.validation_inference_steps < 1:
             raise UserError("validation_steps must be 0 (none) or more, and validation_inference_steps at least 1")
         if self.validation_steps and not self.validation_prompts:
-            raise UserError("validation_steps is set but validation_prompts is empty: give the instructions to edit with")
+            raise UserError(
+                "validation_steps is set but validation_prompts is empty: give the instructions to edit with"
+            )
 
 
 def _convert(value, annotation, name: str):
     """Turn a YAML or command-line value into the field's type."""
     origin = typing.get_origin(annotation)
-    options = typing.get_args(annotation) if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else (annotation,)
+    options = typing.get_args(annotation) if origin in (typing.Union, __import__("types").UnionType) else (annotation,)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in options):
         if type(None) in options:
             return None

@@ -13,25 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-
-
-def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
-    """Give a text-to-image UNet room for the image latent: new input channels start at zero, so the
-    widened UNet computes exactly what it did before; the first channels' weights and the bias are kept
-    (diffusers' training script re-initialises the bias at random, losing the pretrained one)."""
-    old = unet.conv_in
-    if old.in_channels == in_channels:
-        return unet
-    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                          device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels].copy_(old.weight)
-        new.bias.copy_(old.bias)
-    unet.conv_in = new
-    unet.register_to_config(in_channels=in_channels)
-    return unet
 
 
 def dropout_masks(r: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,161 @@
+"""The edit settings: one dataclass, the single source of their names, defaults, checks and CLI options.
+
+`Editor.edit` takes them (as an `EditSettings` or as keyword overrides), `ip2p edit` builds its
+options from them (`add_options` / `from_args`), the command stored in every PNG is written from
+them (`command_words`), and the evaluation code passes them along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields, replace
+
+from instruct_pix2pix.errors import UserError
+
+# Scheduler names as users type them, and the diffusers class name (with settings) each one means.
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "dpm++2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+}
+
+
+# Data types as users type them, and the torch dtype each one means.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+# Clipping the predicted sample to [-1, 1] is for pixel-space models; on latents it is wrong (SD's
+# latents reach about +-4). DDIM defaults to clipping, so a scheduler config that does not say
+# (timbrooks/instruct-pix2pix's does not) gets none; a config that asks for it keeps it.
+NO_SAMPLE_CLIPPING = {"clip_sample": False, "thresholding": False}
+
+
+def make_scheduler(name: str, config: dict):
+    """The diffusers scheduler `name` means, built from a model's scheduler config."""
+    import inspect
+
+    import diffusers
+
+    check_scheduler(name)
+    class_name, settings = SCHEDULERS[name]
+    scheduler_class = getattr(diffusers, class_name)
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    unclipped = {key: value for key, value in NO_SAMPLE_CLIPPING.items() if key in accepted and key not in config}
+    return scheduler_class.from_config(config, **unclipped, **settings)
+
+
+def check_scheduler(name: str) -> None:
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+
+
+def option(flag: str, help: str, **argparse_kwargs) -> dict:
+    """The metadata of a setting: its command-line flag, help text and argparse details."""
+    return {"flag": flag, "help": help, **argparse_kwargs}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Everything besides the image, the instruction, the seed and the model that decides an edit's pixels."""
+
+    num_inference_steps: int = field(default=100, metadata=option("--steps", "sampling steps", type=positive_int))
+    guidance_scale: float = field(default=7.5, metadata=option("--text-cfg", "text guidance scale", type=float))
+    image_guidance_scale: float = field(default=1.5, metadata=option("--image-cfg", "image guidance scale", type=float))
+    scheduler: str = field(
+        default="euler_ancestral", metadata=option("--scheduler", "sampler", choices=tuple(SCHEDULERS))
+    )
+    negative_prompt: str | None = field(
+        default=None, metadata=option("--negative-prompt", "text the edit moves away from (default: none)")
+    )
+    resolution: int | None = field(
+        default=None,
+        metadata=option("--resolution", "long side, about (default: the model's, 512 for SD)", type=positive_int),
+    )
+    keep_size: bool = field(
+        default=False, metadata=option("--keep-size", "keep the input size (cropped to a multiple of 8)")
+    )
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        if (
+            isinstance(self.num_inference_steps, bool)
+            or not isinstance(self.num_inference_steps, int)
+            or self.num_inference_steps < 1
+        ):
+            raise UserError(f"the number of steps must be a positive whole number, not {self.num_inference_steps!r}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type == "float" and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise UserError(f"{item.name} ({item.metadata['flag']}) must be a finite number, not {value!r}")
+        check_scheduler(self.scheduler)
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 64):
+            raise UserError(f"resolution must be a whole number of at least 64, not {self.resolution!r}")
+
+    def replace(self, **changes) -> EditSettings:
+        """A copy with some settings changed; an unknown name is an error that lists the known ones."""
+        unknown = set(changes) - {item.name for item in fields(self)}
+        if unknown:
+            known = ", ".join(item.name for item in fields(self))
+            raise TypeError(f"unknown edit setting(s) {', '.join(sorted(unknown))}; the settings are: {known}")
+        return replace(self, **changes)
+
+    # --- the command line -----------------------------------------------------------------------
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser, defaults: EditSettings | None = None) -> None:
+        """One option per setting; `--resolution` and `--keep-size` exclude each other."""
+        defaults = defaults or cls()
+        sizes = parser.add_mutually_exclusive_group()
+        for item in fields(cls):
+            meta, default = dict(item.metadata), getattr(defaults, item.name)
+            flag, text = meta.pop("flag"), meta.pop("help")
+            target = sizes if item.name in ("resolution", "keep_size") else parser
+            if item.type == "bool":
+                target.add_argument(flag, dest=item.name, action="store_true", default=default, help=text)
+            else:
+                shown = f" (default {default})" if default is not None else ""
+                target.add_argument(flag, dest=item.name, default=default, help=text + shown, **meta)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EditSettings:
+        return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+
+    def command_words(self) -> list[str]:
+        """The options that give these settings back, e.g. ['--steps', '20', '--text-cfg', '7.5', ...]."""
+        words = []
+        for item in fields(self):
+            value, flag = getattr(self, item.name), item.metadata["flag"]
+            if item.type == "bool":
+                words += [flag] if value else []
+            elif value is not None and not (item.name == "resolution" and self.keep_size):
+                words += [flag, str(value)]
+        return words
