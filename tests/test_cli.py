@@ -14,7 +14,7 @@ from conftest import scene
 from PIL import Image
 
 from instruct_pix2pix.cli import main
-from instruct_pix2pix.images import read_png_metadata
+from instruct_pix2pix.images import read_metadata
 
 FAST = ["--steps", "2", "--seed", "1"]
 
@@ -39,13 +39,13 @@ def test_edit_writes_png_with_reproducible_metadata(capsys, tiny_model_dir, phot
         capsys, "edit", photo, "make it snowy", "--then", "add fireworks", "-o", out, "--model", tiny_model_dir, *FAST
     )
     assert code == 0 and stdout.strip() == str(out)
-    meta = read_png_metadata(out)
+    meta = read_metadata(out)
     record = json.loads(meta["instruct-pix2pix"])
     assert record["instructions"] == ["make it snowy", "add fireworks"]
     assert record["seed"] == 1 and record["num_inference_steps"] == 2 and record["model"] == str(tiny_model_dir)
     # the stored command line reproduces the file exactly
     again = tmp_path / "again.png"
-    words = shlex.split(meta["parameters"])
+    words = shlex.split(meta["ip2p-command"])
     assert words[:2] == ["ip2p", "edit"]
     words[words.index("OUT.png")] = str(again)
     assert run(capsys, *words[1:])[0] == 0
@@ -170,9 +170,10 @@ def test_text_to_image_model_refused(capsys, text_to_image_model_dir, photo, tmp
     assert_one_line_error(code, err, "not an editing model")
 
 
-def test_output_must_be_png(capsys, tiny_model_dir, photo, tmp_path):
-    code, _, err = run(capsys, "edit", photo, "x", "-o", tmp_path / "o.jpg", "--model", tiny_model_dir, *FAST)
-    assert_one_line_error(code, err, ".png")
+def test_output_format_must_keep_the_settings(capsys, tiny_model_dir, photo, tmp_path):
+    code, _, err = run(capsys, "edit", photo, "x", "-o", tmp_path / "o.gif", "--model", tiny_model_dir, *FAST)
+    assert_one_line_error(code, err, ".png, .jpg/.jpeg or .webp")
+    assert not (tmp_path / "o.gif").exists()
 
 
 def exif_rotated_jpeg(path):

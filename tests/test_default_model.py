@@ -10,7 +10,8 @@ import pytest
 
 from instruct_pix2pix import Editor
 from instruct_pix2pix.loading import DEFAULT_MODEL
-from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, unchanged
+from instruct_pix2pix.settings import SCHEDULERS
+from instruct_pix2pix.small_world.evaluate import SETTINGS, editor_method, evaluate, unchanged
 
 KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
 LEARNED = ("remove", "global")  # the kinds it gets right most often (README: 55% and 32% of 40 each)
@@ -48,3 +49,21 @@ def test_default_model_edits_held_out_scenes_right(editor):
     for kind in KINDS:
         ours, floor = by["model", kind].l1, by["unchanged input", kind].l1
         assert ours < 0.5 * floor, f"{kind}: L1 to the ground truth {ours:.3f}, the unchanged input's {floor:.3f}"
+
+
+@pytest.fixture(scope="module")
+def default_sampler_l1(editor):
+    return mean_l1(editor, SETTINGS)
+
+
+def mean_l1(editor, settings) -> float:
+    rows, _ = evaluate({"model": editor_method(editor, settings)}, per_kind=2, progress=False, phrasings=["training"])
+    return next(r for r in rows if r.kind == "all").l1
+
+
+@pytest.mark.parametrize("scheduler", [name for name in SCHEDULERS if name != SETTINGS.scheduler])
+def test_every_offered_scheduler_edits_sanely(editor, default_sampler_l1, scheduler):
+    """Each sampler lands near the default one (DDIM built with diffusers' default clip_sample=True
+    clipped the latents and landed at several times its L1)."""
+    l1 = mean_l1(editor, SETTINGS.replace(scheduler=scheduler))
+    assert l1 < 1.25 * default_sampler_l1, f"{scheduler}: L1 {l1:.4f}, the default sampler's {default_sampler_l1:.4f}"

@@ -17,7 +17,7 @@ from instruct_pix2pix import atomic
 from instruct_pix2pix.cli import main
 from instruct_pix2pix.editing import Editor
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.images import read_png_metadata
+from instruct_pix2pix.images import read_metadata
 from instruct_pix2pix.loading import ModelBundle, load_model, save_single_file
 from instruct_pix2pix.prompts import encode_prompts
 from instruct_pix2pix.settings import EditSettings
@@ -89,7 +89,7 @@ def test_no_import_circles():
 
 
 def remake(capsys, output: Path) -> np.ndarray:
-    words = shlex.split(read_png_metadata(output)["parameters"])
+    words = shlex.split(read_metadata(output)["ip2p-command"])
     again = output.with_name("again.png")
     words[words.index("OUT.png")] = str(again)
     assert main(words[1:]) == 0, capsys.readouterr().err
@@ -137,7 +137,7 @@ def test_stored_command_remakes_the_edit(capsys, tiny_model_dir, photo, tmp_path
         ]
     )
     assert code == 0, capsys.readouterr().err
-    stored = read_png_metadata(output)["parameters"]
+    stored = read_metadata(output)["ip2p-command"]
     assert "--text-cfg 5.0" in stored and "--scheduler euler" in stored and "--image-cfg 1.2" in stored
     assert ("--config" in stored) == (source == "single file, custom config")
     assert np.array_equal(remake(capsys, output), np.asarray(Image.open(output)))

@@ -22,7 +22,7 @@ from instruct_pix2pix.images import (
     fit_to_multiple,
     list_images,
     load_image,
-    read_png_metadata,
+    read_metadata,
     resize_for_edit,
     save_png,
     to_pil,
@@ -481,7 +481,7 @@ def test_save_png_round_trips_metadata(tmp_path):
     image = Image.fromarray(noise(8, 8))
     metadata = {"prompt": "make it snowy ❄", "seed": "42", "model": "timbrooks/instruct-pix2pix"}
     save_png(image, path, metadata)
-    assert read_png_metadata(path) == metadata
+    assert read_metadata(path) == metadata
     with Image.open(path) as written:
         assert written.format == "PNG" and np.array_equal(np.asarray(written), noise(8, 8))
     assert os.listdir(path.parent) == ["edit.png"]
@@ -513,12 +513,12 @@ def test_save_png_is_atomic(tmp_path, monkeypatch, failure, expected):
     assert os.listdir(fresh.parent) == []
 
 
-def test_read_png_metadata_errors(tmp_path):
-    message = user_error(read_png_metadata, tmp_path / "none.png")
+def test_read_metadata_errors(tmp_path):
+    message = user_error(read_metadata, tmp_path / "none.png")
     assert message == f"no such file: {tmp_path / 'none.png'}; check the path"
     jpeg = tmp_path / "photo.jpg"
     Image.new("RGB", (4, 4)).save(jpeg)
-    assert str(jpeg) in user_error(read_png_metadata, jpeg)
+    assert str(jpeg) in user_error(read_metadata, jpeg)
 
 
 def test_module_level_names():

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from instruct_pix2pix.editing import Editor
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.loading import describe, load_model, save_single_file
+from instruct_pix2pix.loading import describe, hub, load_model, save_single_file
 from instruct_pix2pix.loading.hub import hub_patterns
 
 EDIT = dict(seed=3, num_inference_steps=4, show_progress=False)
@@ -74,6 +74,7 @@ def test_hub_fetches_only_what_the_editor_needs():
 
 
 def test_hub_id_downloads_then_loads(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     asked = {}
     monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id: TIMBROOKS_FILES)
 
@@ -90,6 +91,7 @@ def test_hub_id_downloads_then_loads(tiny_model_dir, monkeypatch):
 
 def test_hub_id_offline_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # reachable, but the download fails
 
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
@@ -98,6 +100,26 @@ def test_hub_id_offline_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(UserError, match=r"cannot download 'timbrooks/instruct-pix2pix'.*not in the local cache"):
         load_model("timbrooks/instruct-pix2pix")
+
+
+def test_no_network_fails_fast_and_says_offline(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_route(address, timeout=None):
+        assert timeout is not None and timeout <= 5  # a few seconds, not the client's retries
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: pytest.fail("no download is tried"))
+    started = time.monotonic()
+    with pytest.raises(UserError, match="this machine is offline.*pass a local diffusers folder"):
+        load_model("timbrooks/instruct-pix2pix")
+    assert time.monotonic() - started < 5
 
 
 def test_text_to_image_folder_is_refused(text_to_image_model_dir):

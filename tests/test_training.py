@@ -19,7 +19,7 @@ from PIL import Image
 
 from instruct_pix2pix.data import EditExample, write_reference_folder
 from instruct_pix2pix.editing import Editor
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.errors import EditWarning, UserError
 from instruct_pix2pix.training import load_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,8 @@ def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_pat
         (["conditioning_dropout_prob=0.5"], "conditioning_dropout_prob"),
         (["mixed_precision=fp8"], "mixed_precision"),
         (["lr_scheduler=sometimes"], "lr_scheduler"),
+        (["learning_rate=-1"], "learning_rate must be a positive number"),
+        (["adam_beta2=1.5"], r"adam_beta2 must be in \[0, 1\)"),
     ],
 )
 def test_bad_settings(overrides, message, tmp_path):
@@ -364,3 +366,25 @@ def test_training_starts_from_a_text_to_image_single_file(tiny_dataset, tmp_path
     assert all(torch.equal(value, before[key]) for key, value in unet.state_dict().items() if key != "conv_in.weight")
     final = train(config, show_progress=False)
     assert Editor.from_pretrained(final, device="cpu").model.unet.config.in_channels == 8
+
+
+def test_a_run_never_mixes_its_files_with_another(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    first = settings(tiny_dataset, out, max_train_steps=2, checkpointing_steps=1, use_ema=False)
+    train(load_config(None, first), show_progress=False)
+    second = settings(tiny_dataset, out, max_train_steps=1, use_ema=False)
+    left = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert "checkpoint-2" in left
+    with pytest.raises(UserError, match="holds another run .*checkpoint-2.*overwrite_output_dir=true"):
+        train(load_config(None, second), show_progress=False)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == left  # untouched
+    train(load_config(None, second + ["overwrite_output_dir=true"]), show_progress=False)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # the old run's are gone
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resuming_latest_with_no_checkpoint_says_so(tiny_dataset, tmp_path):
+    config = load_config(None, settings(tiny_dataset, tmp_path / "run", max_train_steps=1, use_ema=False)
+                         + ["resume_from_checkpoint=latest"])  # fmt: skip
+    with pytest.warns(EditWarning, match="no checkpoint in .* yet: training starts from step 0"):
+        train(config, show_progress=False)

@@ -34,6 +34,13 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
+def _usual_permissions(path: Path) -> None:
+    """What any new file gets (0666 less the umask): some writers (safetensors) make theirs 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -66,6 +73,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = temporary_name(path)
     try:
         yield temporary
+        _usual_permissions(temporary)
         _fsync_file(temporary)  # the data is on disk before the rename makes it visible
         os.replace(temporary, path)
     except BaseException as error:

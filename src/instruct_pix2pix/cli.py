@@ -39,6 +39,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, device: bool = True, c
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from instruct_pix2pix.images import DEFAULT_MAX_WORK_PIXELS
     from instruct_pix2pix.settings import DTYPE_NAMES, EditSettings, positive_int
 
     parser = Parser(
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "items", nargs="+", metavar="INPUT... INSTRUCTION", help="image files or folders, then the instruction"
     )
-    edit.add_argument("-o", "--output", required=True, help="output .png (one result) or folder (several)")
+    edit.add_argument("-o", "--output", required=True, help="output .png/.jpg/.webp (one result) or folder (several)")
     edit.add_argument(
         "--then",
         action="append",
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--num-images", type=positive_int, default=1, help="variants per input (default 1)")
     edit.add_argument("--batch-size", type=positive_int, default=None, help="most samples per UNet call (default: all)")
     edit.add_argument("--max-pixels", type=positive_int, default=None, help="refuse larger inputs (default 64 million)")
+    edit.add_argument(
+        "--max-work-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_WORK_PIXELS,
+        help=f"refuse larger working sizes, after resizing (default {DEFAULT_MAX_WORK_PIXELS:,})",
+    )
+    edit.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    edit.add_argument("--skip-existing", action="store_true", help="leave outputs that exist already, edit the rest")
+    edit.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="go on past inputs that cannot be read, list them at the end, and exit 1",
+    )
     edit.add_argument(
         "--dtype",
         choices=tuple(DTYPE_NAMES),
@@ -203,59 +217,112 @@ def input_paths(items: list[str]) -> list[Path]:
     return paths
 
 
-def check_output(output: str, count: int) -> None:
-    """One result goes to OUTPUT itself, a .png; several go into OUTPUT, a folder."""
+def output_plan(output: str, inputs: list[Path], num_images: int, seed: int) -> list[list[Path]]:
+    """Where each input's variants go: one result to OUTPUT itself (.png, .jpg or .webp) or into
+    OUTPUT/INPUTNAME.png if it is a folder; several into the folder OUTPUT as INPUTNAME_SEED.png."""
+    from instruct_pix2pix.images import check_output_format
+
     out = Path(output)
-    if count == 1 and out.suffix and out.suffix.lower() != ".png":
-        raise UserError(f"output {out} must be a .png file (PNG keeps the settings that made the edit)")
-    if count > 1 and out.suffix:
-        raise UserError(f"{count} images to write: give a folder as --output, not {out}")
+    is_folder = out.is_dir() or not out.suffix
+    if len(inputs) * num_images == 1:
+        if not is_folder:
+            check_output_format(out)
+        return [[out / f"{inputs[0].stem}.png" if is_folder else out]]
+    if not is_folder:
+        raise UserError(f"{len(inputs) * num_images} images to write: give a folder as --output, not {out}")
+    stems = [path.stem for path in inputs]
+    unique = len(set(stems)) == len(stems)  # the same name in two input folders: number them
+    return [
+        [out / (f"{stem}_{seed + k}.png" if unique else f"{stem}_{i}_{seed + k}.png") for k in range(num_images)]
+        for i, stem in enumerate(stems)
+    ]
 
 
-def output_paths(output: str, result, inputs: list[Path]) -> list[Path]:
-    """OUTPUT itself for one result (or OUTPUT/INPUTNAME.png if it is a folder); else OUTPUT/INPUTNAME_SEED.png."""
-    out = Path(output)
-    if len(result.edits) == 1:
-        return [out if out.suffix else out / f"{inputs[0].stem}.png"]
-    names = [f"{inputs[e.input_index].stem}_{e.seed}.png" for e in result.edits]
-    if len(set(names)) < len(names):  # several instructions on one input with the same seed
-        names = [f"{inputs[e.input_index].stem}_{k}_{e.seed}.png" for k, e in enumerate(result.edits)]
-    return [out / name for name in names]
+def check_writable(paths: list[Path]) -> None:
+    """Each output can be written: not a folder, and its folder exists (or can be made) and is writable."""
+    import os
+
+    for folder in dict.fromkeys(path.parent for path in paths):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"cannot write into {folder}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write into {folder}: {existing} is not writable; choose another --output")
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"cannot write {path}: it is a folder; give a file name")
 
 
-def run_edit(args) -> None:
-    from instruct_pix2pix.editing import Editor
-    from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, load_image, save_png
-    from instruct_pix2pix.settings import EditSettings
+def read_inputs(paths: list[Path], max_pixels: int, skip_bad: bool) -> tuple[dict[int, object], list[str]]:
+    """The images by input index, and (with `skip_bad`) the inputs that could not be read, and why."""
+    from instruct_pix2pix.images import load_image
+
+    images, bad = {}, []
+    for index, path in enumerate(paths):
+        try:
+            images[index] = load_image(path, max_pixels=max_pixels)
+        except UserError as error:
+            if not skip_bad:
+                raise UserError(f"{error} (or pass --skip-bad to edit the other inputs)") from None
+            bad.append(str(error))
+    return images, bad
+
+
+def run_edit(args) -> int:
+    import random
+
+    from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, save_image
+    from instruct_pix2pix.settings import EditSettings, check_seed
 
     if len(args.items) < 2:
         raise UserError(
             "give an input image (or folder) and then an instruction, "
             'e.g. ip2p edit photo.jpg "make it snowy" -o out.png'
         )
+    # Everything is checked before the model loads (and before torch is even imported).
     *items, instruction = args.items
     paths = input_paths(items)
-    check_output(args.output, len(paths) * args.num_images)
-    settings = EditSettings.from_args(args)
-    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    images = [load_image(path, max_pixels=max_pixels) for path in paths]  # all bad input fails before the model loads
+    overrides = EditSettings.given_in(args)
+    EditSettings().replace(**overrides)  # a bad setting is refused now
+    seed = random.randrange(2**32 - args.num_images) if args.seed is None else args.seed
+    check_seed(seed, args.num_images)
+    plan = output_plan(args.output, paths, args.num_images, seed)
+    check_writable([path for targets in plan for path in targets])
+    existing = [path for targets in plan for path in targets if path.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]}{more} exists already; pass --overwrite to replace, or --skip-existing to keep")
+    todo = [i for i, targets in enumerate(plan) if args.overwrite or not all(path.exists() for path in targets)]
+    images, bad = read_inputs([paths[i] for i in todo], args.max_pixels or DEFAULT_MAX_PIXELS, args.skip_bad)
+    todo = [todo[k] for k in images]
+
+    quiet_libraries()
+    from tqdm.auto import tqdm
+
+    from instruct_pix2pix.editing import Editor
+
     editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
-    result = editor.edit(
-        images,
-        instruction,
-        settings,
-        then=args.then,
-        seed=args.seed,
-        num_images=args.num_images,
-        max_pixels=max_pixels,
-        batch_size=args.batch_size,
-    )
-    for edit, path in zip(result.edits, output_paths(args.output, result, paths)):
-        save_png(edit.image, path, result.metadata(edit, paths[edit.input_index]))
-        print(path)
+    settings = editor.resolve(editor.default_settings.replace(**overrides))
+    limits = dict(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_work_pixels=args.max_work_pixels)
+    prepared = [editor.prepare_image(image, settings, **limits) for image in images.values()]  # sizes: checked now
+    several = len(todo) > 1
+    # Each input's results are written as soon as they are made: an interrupted run keeps them, and
+    # `--skip-existing` goes on from there.
+    for index, image in zip(tqdm(todo, desc="images", unit="image", disable=not several), prepared):
+        result = editor.edit(
+            image, instruction, settings, then=args.then, seed=seed, num_images=args.num_images,
+            batch_size=args.batch_size, show_progress=not several, **limits,
+        )  # fmt: skip
+        for edit, path in zip(result.edits, plan[index]):
+            save_image(edit.image, path, result.metadata(edit, paths[index]))
+            tqdm.write(str(path))
+    for reason in bad:
+        print(f"ip2p: skipped: {reason}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def run_info(args) -> None:
+    quiet_libraries()
     from instruct_pix2pix.loading import describe
 
     for key, value in describe(args.model, config=args.config).items():
@@ -273,6 +340,7 @@ def quiet_libraries() -> None:
 
 
 def run_train(args) -> None:
+    quiet_libraries()
     from instruct_pix2pix.training import load_config, train
     from instruct_pix2pix.training.config import settings_help
 
@@ -285,6 +353,15 @@ def run_train(args) -> None:
 
 
 def run_export(args) -> None:
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"cannot write {output}: it is a folder; give a file name ending in .safetensors")
+    if output.suffix.lower() != ".safetensors":
+        raise UserError(
+            f"{output}: single-file checkpoints are written as safetensors; use a name ending in .safetensors"
+        )
+    check_writable([output])
+    quiet_libraries()
     from instruct_pix2pix.loading import load_model, save_single_file
 
     model = load_model(args.model, config=args.config)
@@ -300,18 +377,27 @@ def run_export(args) -> None:
 
 
 def run_dataset(args) -> None:
+    quiet_libraries()
     from instruct_pix2pix.data import describe_dataset
 
     print(describe_dataset(args.path, split=args.split, rows=args.rows))
 
 
+SHOWN_WARNINGS: set[str] = set()
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Each warning once (a folder of inputs would repeat it for every image), on its own line above
+    a live progress bar."""
     from tqdm import tqdm
 
-    tqdm.write(f"ip2p: warning: {message}", file=sys.stderr)  # on its own line, above a live progress bar
+    if str(message) not in SHOWN_WARNINGS:
+        SHOWN_WARNINGS.add(str(message))
+        tqdm.write(f"ip2p: warning: {message}", file=sys.stderr)
 
 
 def run_world(args) -> None:
+    quiet_libraries()
     if args.world_command == "sample":
         from instruct_pix2pix.small_world.generate import write_samples
 
@@ -335,10 +421,10 @@ def run_world(args) -> None:
         settings = EditSettings.from_args(args)
         if args.world_command == "demo":
             from instruct_pix2pix.images import save_png
-            from instruct_pix2pix.small_world.evaluate import demo_sheet
+            from instruct_pix2pix.small_world.evaluate import demo_metadata, demo_sheet
 
             sheet, scores = demo_sheet(editor, settings, seed=args.seed)
-            save_png(sheet, args.output)
+            save_png(sheet, args.output, demo_metadata(editor, settings, args.seed, args.output))
             print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
         else:
             from instruct_pix2pix.small_world.evaluate import run_evaluation
@@ -381,6 +467,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    SHOWN_WARNINGS.clear()
     try:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
@@ -388,15 +475,14 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
             warnings.simplefilter("always", EditWarning)
             warnings.showwarning = show_warning
-            quiet_libraries()
-            COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args) or 0
     except UserError as error:
         print(f"ip2p: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("ip2p: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

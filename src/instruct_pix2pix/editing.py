@@ -12,6 +12,7 @@ import inspect
 import json
 import random
 import shlex
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,12 +26,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from instruct_pix2pix import __version__
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.errors import EditWarning, UserError
 from instruct_pix2pix.guidance import guided_denoiser
-from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, fit_to_multiple, load_image, resize_for_edit, to_pil, to_tensor
+from instruct_pix2pix.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_WORK_PIXELS,
+    edit_size,
+    fit_to_multiple,
+    load_image,
+    resize_for_edit,
+    to_pil,
+    to_tensor,
+)
 from instruct_pix2pix.loading import DEFAULT_MODEL, ModelBundle, load_model
 from instruct_pix2pix.prompts import PromptCheck, closed_vocabulary_check, encode_prompts, warn_if_truncated
-from instruct_pix2pix.settings import DTYPE_NAMES, EditSettings, make_scheduler
+from instruct_pix2pix.settings import A1111_SAMPLERS, DTYPE_NAMES, EditSettings, check_seed, make_scheduler
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
@@ -75,6 +85,7 @@ class Edit:
     instructions: list[str]  # applied in order (more than one for a compound edit)
     seed: int
     pixels: np.ndarray | None = None  # float32 HxWx3 in [0, 1] before rounding to 8 bits (None: not edited)
+    batch_seeds: tuple[int, ...] = ()  # the seeds of the samples that went through the UNet with it (itself too)
 
 
 @dataclass
@@ -95,8 +106,16 @@ class EditResult:
         return [edit.seed for edit in self.edits]
 
     def command(self, edit: Edit, input_path: str | Path = "INPUT.png") -> str:
-        """The `ip2p edit` command that makes this edit again, pixel for pixel."""
-        words = ["ip2p", "edit", str(input_path), edit.instructions[0], "-o", "OUT.png", "--seed", str(edit.seed)]
+        """The `ip2p edit` command that makes this edit again, pixel for pixel. A variant edited in a
+        batch of several can differ by a level from the same variant made alone (batched convolutions
+        add up in another order), so for those the command remakes the whole batch of variants."""
+        together = len(edit.batch_seeds)
+        alone = together <= 1
+        first_seed = edit.seed if alone else min(edit.batch_seeds)
+        output = "OUT.png" if alone else "OUT/"
+        words = ["ip2p", "edit", str(input_path), edit.instructions[0], "-o", output, "--seed", str(first_seed)]
+        if not alone:
+            words += ["--num-images", str(together), "--batch-size", str(together)]
         for text in edit.instructions[1:]:
             words += ["--then", text]
         if self.model != str(DEFAULT_MODEL):  # the shipped default needs no --model
@@ -106,8 +125,27 @@ class EditResult:
         words += [*self.settings.command_words(), "--dtype", self.dtype]
         return shlex.join(words)
 
+    def parameters(self, edit: Edit) -> str:
+        """The settings as AUTOMATIC1111 writes them (its `parameters` text), for the tools that read it."""
+        s = self.settings
+        lines = [" then ".join(edit.instructions)]
+        if s.negative_prompt:
+            lines.append(f"Negative prompt: {s.negative_prompt}")
+        fields = {
+            "Steps": s.num_inference_steps,
+            "Sampler": sampler_title(s.scheduler),
+            "CFG scale": s.guidance_scale,
+            "Image CFG scale": s.image_guidance_scale,
+            "Seed": edit.seed,
+            "Size": f"{edit.image.width}x{edit.image.height}",
+            "Model": Path(self.model).name or self.model,
+        }
+        lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+        return "\n".join(lines)
+
     def metadata(self, edit: Edit, input_path: str | Path | None = None) -> dict[str, str]:
-        """PNG text chunks from which the edit can be reproduced."""
+        """Text chunks from which the edit can be made again: the full record (JSON), the `ip2p edit`
+        command, and AUTOMATIC1111's `parameters` text."""
         record = {
             "instructions": edit.instructions,
             "seed": edit.seed,
@@ -115,12 +153,17 @@ class EditResult:
             "config": self.config,
             "dtype": self.dtype,
             **asdict(self.settings),
+            "batch_seeds": list(edit.batch_seeds),
             "instruct_pix2pix_version": __version__,
         }
-        chunks = {"instruct-pix2pix": json.dumps(record), "Software": f"instruct-pix2pix {__version__}"}
+        chunks = {
+            "instruct-pix2pix": json.dumps(record),
+            "parameters": self.parameters(edit),
+            "Software": f"instruct-pix2pix {__version__}",
+        }
         if input_path is not None:
             chunks["input"] = str(input_path)
-            chunks["parameters"] = self.command(edit, input_path)
+            chunks["ip2p-command"] = self.command(edit, input_path)
         return chunks
 
 
@@ -160,7 +203,8 @@ class Editor:
             part.to(self.device)
         self.dtype = model.unet.dtype
         self.prompt_check = prompt_check
-        self.default_settings = EditSettings()
+        # A model may carry the settings it is meant to be sampled with (about.json "settings").
+        self.default_settings = EditSettings().replace(**(model.about or {}).get("settings", {}))
 
     @classmethod
     def from_pretrained(
@@ -190,57 +234,79 @@ class Editor:
         seed: int | None = None,
         num_images: int = 1,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_work_pixels: int = DEFAULT_MAX_WORK_PIXELS,
         batch_size: int | None = None,
         show_progress: bool = True,
         **setting_overrides,
     ) -> EditResult:
         """Edit one or many images.
 
-        `settings` (default `EditSettings()`) decide how each sample is made; any of them can also
-        be given by name, e.g. `num_inference_steps=20, guidance_scale=7.5`.
+        `settings` (default: the model's own recommended settings, else `EditSettings()`) decide how
+        each sample is made; any of them can also be given by name, e.g. `num_inference_steps=20`.
         `image` and `instruction` may each be one item or a list; two lists pair up item by item,
         and a single item goes with every item of the other list. `then` lists further
         instructions applied in order to each result (a compound edit). Each input gives
         `num_images` variants; variant i uses seed `seed + i`, so any variant can be reproduced
         alone. All samples of the same size go through the UNet together (at most `batch_size`
         at a time). An empty instruction returns the (resized) input, as the reference does.
+        Inputs over `max_pixels`, and working sizes (after resizing) over `max_work_pixels`, are
+        refused before any sampling.
         """
         settings = (settings or self.default_settings).replace(**setting_overrides)
-        if not isinstance(num_images, int) or num_images < 1:
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise UserError(f"num_images must be a positive whole number, not {num_images!r}")
         if seed is None:
             seed = random.randrange(2**32 - num_images)
-        if settings.resolution is None and not settings.keep_size:
-            settings = settings.replace(resolution=self.model.default_resolution)
+        check_seed(seed, num_images)
+        settings = self.resolve(settings)
 
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         instructions = [instruction] if isinstance(instruction, str) else list(instruction)
         pairs = pair_up(images, instructions)
-        inputs = [self.prepare_image(source, settings, max_pixels) for source in images]
+        for text in {text for _, text in pairs} | set(then):
+            if text and not text.strip():
+                warnings.warn(
+                    "the instruction is only spaces: the input is returned unchanged", EditWarning, stacklevel=3
+                )
+        inputs = [self.prepare_image(source, settings, max_pixels, max_work_pixels) for source in images]
 
         # One sample per (pair, variant); every step of a compound edit works on all of them at once.
         samples = [(index, [text, *then], seed + i) for index, text in pairs for i in range(num_images)]
-        current = [inputs[index] for index, _, _ in samples]
+        current = [inputs[index] for index, *_ in samples]
         progress = tqdm(
             total=self.count_unet_calls(samples, current, settings, batch_size),
             disable=not show_progress,
             desc="editing",
             unit="step",
         )
-        pixels = [None] * len(samples)
+        pixels, together = [None] * len(samples), [()] * len(samples)
         model = self.model
         with progress, evaluating(model.unet, model.vae, model.text_encoder):
             for step in range(1 + len(then)):
-                prompts = [texts[step] for _, texts, _ in samples]
-                results = self.edit_batch(current, prompts, [s for _, _, s in samples], settings, batch_size, progress)
-                current = [image for image, _ in results]
-                pixels = [new if new is not None else old for (_, new), old in zip(results, pixels)]
-        edits = [Edit(img, index, texts, s, px) for img, px, (index, texts, s) in zip(current, pixels, samples)]
+                prompts = [texts[step] for _, texts, *_ in samples]
+                seeds = [sample_seed for _, _, sample_seed in samples]
+                results = self.edit_batch(current, prompts, seeds, settings, batch_size, progress)
+                current = [image for image, _, _ in results]
+                pixels = [new if new is not None else old for (_, new, _), old in zip(results, pixels)]
+                together = [batch or old for (_, _, batch), old in zip(results, together)]
+        edits = [
+            Edit(img, index, texts, sample_seed, px, batch)
+            for img, px, batch, (index, texts, sample_seed) in zip(current, pixels, together, samples)
+        ]
         return EditResult(edits, settings, model.source, str(self.dtype).removeprefix("torch."), model.config)
 
-    def prepare_image(self, source, settings: EditSettings, max_pixels: int) -> Image.Image:
+    def resolve(self, settings: EditSettings) -> EditSettings:
+        """The settings with the resolution filled in (the model's own size when none is given)."""
+        if settings.resolution is None and not settings.keep_size:
+            return settings.replace(resolution=self.model.default_resolution)
+        return settings
+
+    def prepare_image(self, source, settings: EditSettings, max_pixels: int, max_work_pixels: int) -> Image.Image:
         image = load_image(source, max_pixels=max_pixels)
-        return fit_to_multiple(image, 8) if settings.keep_size else resize_for_edit(image, settings.resolution)
+        if settings.keep_size:
+            return check_working_size(fit_to_multiple(image, 8), max_work_pixels)
+        check_working_size(Image.new("1", edit_size(image.size, settings.resolution)), max_work_pixels)
+        return resize_for_edit(image, settings.resolution)
 
     # --- the work --------------------------------------------------------------------------------
 
@@ -267,8 +333,9 @@ class Editor:
     def edit_batch(
         self, images, prompts, seeds, settings, batch_size, progress
     ) -> list[tuple[Image.Image, np.ndarray | None]]:
-        """Apply prompts[i] to images[i] with seeds[i]; an empty prompt leaves its image as it is."""
-        out = [(image, None) for image in images]
+        """Apply prompts[i] to images[i] with seeds[i]: (image, float pixels, the seeds batched with
+        it) each; an empty prompt leaves its image as it is (None, ())."""
+        out = [(image, None, ()) for image in images]
         for indices in self.batches(images, prompts, batch_size):
             edited = self.sample(
                 [images[i] for i in indices],
@@ -277,8 +344,8 @@ class Editor:
                 settings,
                 progress,
             )
-            for i, result in zip(indices, edited):
-                out[i] = result
+            for i, (image, pixels) in zip(indices, edited):
+                out[i] = (image, pixels, tuple(seeds[k] for k in indices))
         return out
 
     def sample(self, images, prompts, seeds, settings: EditSettings, progress) -> list[tuple[Image.Image, np.ndarray]]:
@@ -327,6 +394,33 @@ class Editor:
                 self.prompt_check(prompt)
         warn_if_truncated(tokenizer, encoder, prompts)
         return encode_prompts(tokenizer, encoder, prompts, self.device).to(self.dtype)
+
+
+MAX_ASPECT_RATIO = 4  # wider than this, the model (trained on squares) is far from what it knows
+
+
+def check_working_size(image: Image.Image, max_work_pixels: int) -> Image.Image:
+    """Refuse a working size over the limit (memory grows with it, attention faster still); warn
+    about extreme shapes. Returns `image`."""
+    width, height = image.size
+    if width * height > max_work_pixels:
+        raise UserError(
+            f"the working size would be {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_work_pixels:,}; lower --resolution, or raise the limit with --max-work-pixels"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        warnings.warn(
+            f"the working size is {width}x{height}, more than {MAX_ASPECT_RATIO}:1; expect slow steps and poor "
+            "edits far from the square images the model was trained on (crop the input first)",
+            EditWarning,
+            stacklevel=4,
+        )
+    return image
+
+
+def sampler_title(name: str) -> str:
+    """The name AUTOMATIC1111 gives a sampler (e.g. euler_ancestral -> 'Euler a')."""
+    return A1111_SAMPLERS.get(name, name)
 
 
 def pair_up(images: list, instructions: list[str]) -> list[tuple[int, str]]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 import struct
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,12 +23,13 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.errors import EditWarning, UserError
 
 if TYPE_CHECKING:  # torch is heavy; only the tensor helpers need it, so they import it themselves.
     import torch
 
-DEFAULT_MAX_PIXELS = 64_000_000  # about 8000x8000
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000x8000: the largest input read
+DEFAULT_MAX_WORK_PIXELS = 2048 * 2048  # the largest size edited (after resizing): 16x SD's 512x512
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -98,6 +99,9 @@ def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
         with opened:
             # The header size is known now and nothing has been decoded yet.
             _check_pixels(opened.size, max_pixels, name)
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{name} has {frames} frames; only the first is edited", EditWarning, stacklevel=4)
             _decode(opened, name)
             return _apply_exif_orientation(opened)
 
@@ -124,7 +128,7 @@ def load_image(
 ) -> Image.Image:
     """Read an image file (or take an open PIL image) and return it upright, fully loaded, 8-bit RGB.
 
-    Animated files give their first frame. `max_pixels=None` means no size limit.
+    Animated files give their first frame, with a warning. `max_pixels=None` means no size limit.
     Raises UserError for a missing, empty, non-image, damaged or too-large file.
     """
     if isinstance(source, Image.Image):
@@ -202,15 +206,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_for_edit(image: Image.Image, resolution: int) -> Image.Image:
-    """Scale and center-crop as the official InstructPix2Pix edit_cli does, sides multiples of 64.
-
-    The long side lands near `resolution` (the short side is rounded up, so the long side can go
-    over). Returns `image` itself when it already has the target size.
-    """
+def edit_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The size `resize_for_edit` makes of an image of `size`: the official edit_cli's rule, sides
+    multiples of 64, the long side near `resolution` (the short side is rounded up, so the long side
+    can go over)."""
     if resolution < 64:
         raise UserError(f"resolution {resolution} is too small; use 64 or more, e.g. 512")
-    width, height = image.size
+    width, height = size
     if min(width, height) < 1:
         raise UserError(f"the {width}x{height} image is empty; give an image with pixels in it")
     # Kept exactly as in edit_cli, float rounding included, so our sizes match the reference results.
@@ -223,9 +225,16 @@ def resize_for_edit(image: Image.Image, resolution: int) -> Image.Image:
             f"the {width}x{height} image is too thin to edit at resolution {resolution}: a side would "
             "become 0 pixels; crop it to a less extreme shape or use a larger --resolution"
         )
-    if (new_width, new_height) == (width, height):
+    return new_width, new_height
+
+
+def resize_for_edit(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale and center-crop to `edit_size`, as the official InstructPix2Pix edit_cli does. Returns
+    `image` itself when it already has the target size."""
+    size = edit_size(image.size, resolution)
+    if size == image.size:
         return image  # already right: resampling would only blur it
-    return ImageOps.fit(image, (new_width, new_height), method=Image.Resampling.LANCZOS)
+    return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 
 
 def fit_to_multiple(image: Image.Image, multiple: int = 8) -> Image.Image:
@@ -310,55 +319,112 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+XMP_NAMESPACE = "https://github.com/timothybrooks/instruct-pix2pix/ns/1.0/"  # ours: the keys below it
+_EXIF_IFD, _USER_COMMENT, _IMAGE_DESCRIPTION = 0x8769, 0x9286, 0x010E
+
+
+def check_output_format(path: str | os.PathLike[str]) -> str:
+    """The format an output name asks for; a one-line error for one we do not write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserError(f"{path}: write .png, .jpg/.jpeg or .webp (they keep the settings that made the image)")
+    return OUTPUT_FORMATS[suffix]
+
+
+def _xmp(metadata: Mapping[str, str]) -> bytes:
+    from xml.sax.saxutils import quoteattr
+
+    attributes = " ".join(f"ip2p:{key}={quoteattr(str(value))}" for key, value in metadata.items())
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:ip2p="{XMP_NAMESPACE}" {attributes}/></rdf:RDF></x:xmpmeta>'
+    ).encode()
+
+
+def _read_xmp(packet: bytes | str) -> dict[str, str]:
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(packet)
+    except ElementTree.ParseError:
+        return {}
+    prefix = "{" + XMP_NAMESPACE + "}"
+    return {
+        key[len(prefix) :]: value
+        for element in root.iter()
+        for key, value in element.attrib.items()
+        if key.startswith(prefix)
+    }
+
+
+def save_image(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+    """Write `image` atomically as PNG, JPEG or WebP (by the name's ending), with its metadata: PNG
+    text chunks; for JPEG and WebP an XMP packet with every item, and the `parameters` text in EXIF
+    UserComment, where AUTOMATIC1111 keeps it. Creates missing parent folders."""
+    from instruct_pix2pix.atomic import atomic_file
+
+    image_format = check_output_format(path)
+    metadata = dict(metadata or {})
+    options: dict = {}
+    if image_format == "PNG":
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_text(str(key), str(value))  # falls back to an iTXt chunk for non-Latin-1 text
+        options["pnginfo"] = info
+    else:
+        exif = Image.Exif()
+        if "parameters" in metadata:
+            # EXIF's UserComment with a Unicode header, as A1111 writes it (big-endian UTF-16).
+            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + metadata["parameters"].encode("utf-16-be")
+        if "Software" in metadata:
+            exif[0x0131] = metadata["Software"]
+        options.update(xmp=_xmp(metadata), exif=exif.tobytes(), quality=95)
+    with atomic_file(path, "wb") as stream:
+        image.save(stream, format=image_format, **options)
+
+
+def figure_metadata(command: Sequence[str], **record) -> dict[str, str]:
+    """What a figure the project writes carries: the command that makes it again and what made it."""
+    import json
+    import shlex
+
+    from instruct_pix2pix import __version__
+
+    return {
+        "ip2p-command": shlex.join(str(word) for word in command),
+        "instruct-pix2pix": json.dumps(record, default=str),
+        "Software": f"instruct-pix2pix {__version__}",
+    }
+
+
 def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
-    """Write `image` as a PNG with each metadata item as a text chunk, atomically.
-
-    The PNG is written to a hidden temporary file next to `path` and then renamed over it, so a
-    crash or error never leaves a half-written PNG (or an old one half overwritten). Creates
-    missing parent folders.
-    """
-    path = Path(path)
-    info = PngInfo()
-    for key, value in (metadata or {}).items():
-        info.add_text(str(key), str(value))  # falls back to an iTXt chunk for non-Latin-1 text
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        # O_EXCL: never write into (or later delete) a file that is not ours. Mode 0o666 lets the
-        # umask decide the final permissions, as for any ordinary new file.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check the folder exists and is writable") from e
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=info)
-            stream.flush()
-            os.fsync(stream.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(temporary, path)
-    except BaseException as e:
-        temporary.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from e
-        raise
+    """`save_image` to a .png name."""
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"{path}: expected a name ending in .png")
+    save_image(image, path, metadata)
 
 
-def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, as written by `save_png`."""
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The settings an image written by `save_image` carries: PNG text chunks (tEXt, zTXt, iTXt),
+    or the XMP packet of a JPEG or WebP file."""
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise UserError(f"no such file: {name}; check the path")
     with _our_rules_for_pillow():
         try:
-            opened = Image.open(path, formats=["PNG"])
+            opened = Image.open(path, formats=["PNG", "JPEG", "WEBP"])
         except UnidentifiedImageError as e:
-            raise UserError(f"{name} is not a PNG file; metadata can only be read from PNGs") from e
+            raise UserError(f"{name} is not a PNG, JPEG or WebP file; metadata can only be read from those") from e
         except OSError as e:
             raise UserError(f"cannot read {name}: {e.strerror or e}; check the path and its permissions") from e
         with opened:
             _check_pixels(opened.size, DEFAULT_MAX_PIXELS, name)
             # Text chunks may follow the pixel data, and Pillow only reads those while decoding.
             _decode(opened, name)
+            if opened.format != "PNG":
+                return _read_xmp(opened.info.get("xmp", b""))
             # iTXt values are a str subclass carrying language tags; callers want plain strings.
             return {str(key): str(value) for key, value in opened.text.items()}
 

@@ -29,6 +29,18 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 }
 
 
+# What AUTOMATIC1111 calls each sampler, for the `parameters` text its users' tools read.
+A1111_SAMPLERS = {
+    "euler_ancestral": "Euler a",
+    "euler": "Euler",
+    "ddim": "DDIM",
+    "dpm++2m": "DPM++ 2M",
+    "dpm++2m_karras": "DPM++ 2M Karras",
+    "dpm++2m_sde": "DPM++ 2M SDE",
+    "unipc": "UniPC",
+    "heun": "Heun",
+}
+
 # Data types as users type them, and the torch dtype each one means.
 DTYPE_NAMES = {
     "float32": "float32",
@@ -71,14 +83,29 @@ def option(flag: str, help: str, **argparse_kwargs) -> dict:
     return {"flag": flag, "help": help, **argparse_kwargs}
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def whole_number(least: int):
+    """An argparse type: a whole number of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
+MIN_RESOLUTION = 64  # the UNet's latent must be at least 8x8
+
+
+def check_seed(seed, num_images: int = 1) -> None:
+    """Seeds are whole numbers a torch generator takes; variant i of an image uses seed + i."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - num_images:
+        raise UserError(f"the seed must be a whole number from 0 to {2**64 - num_images:,}, not {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,7 @@ class EditSettings:
     )
     resolution: int | None = field(
         default=None,
-        metadata=option("--resolution", "long side, about (default: the model's, 512 for SD)", type=positive_int),
+        metadata=option("--resolution", "long side, about; 512 for SD", type=whole_number(MIN_RESOLUTION)),
     )
     keep_size: bool = field(
         default=False, metadata=option("--keep-size", "keep the input size (cropped to a multiple of 8)")
@@ -117,8 +144,8 @@ class EditSettings:
             if item.type == "float" and (not isinstance(value, (int, float)) or not math.isfinite(value)):
                 raise UserError(f"{item.name} ({item.metadata['flag']}) must be a finite number, not {value!r}")
         check_scheduler(self.scheduler)
-        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 64):
-            raise UserError(f"resolution must be a whole number of at least 64, not {self.resolution!r}")
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < MIN_RESOLUTION):
+            raise UserError(f"resolution must be a whole number of at least {MIN_RESOLUTION}, not {self.resolution!r}")
 
     def replace(self, **changes) -> EditSettings:
         """A copy with some settings changed; an unknown name is an error that lists the known ones."""
@@ -132,22 +159,30 @@ class EditSettings:
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser, defaults: EditSettings | None = None) -> None:
-        """One option per setting; `--resolution` and `--keep-size` exclude each other."""
-        defaults = defaults or cls()
+        """One option per setting; `--resolution` and `--keep-size` exclude each other. With `defaults`
+        None an option not given stays None, so that the model's own settings apply (`given_in`)."""
         sizes = parser.add_mutually_exclusive_group()
         for item in fields(cls):
-            meta, default = dict(item.metadata), getattr(defaults, item.name)
+            meta = dict(item.metadata)
             flag, text = meta.pop("flag"), meta.pop("help")
+            shown = getattr(defaults or cls(), item.name)
+            default = None if defaults is None else shown
+            if item.type != "bool" and shown is not None:
+                text += f" (default: the model's, else {shown})" if defaults is None else f" (default {shown})"
             target = sizes if item.name in ("resolution", "keep_size") else parser
             if item.type == "bool":
                 target.add_argument(flag, dest=item.name, action="store_true", default=default, help=text)
             else:
-                shown = f" (default {default})" if default is not None else ""
-                target.add_argument(flag, dest=item.name, default=default, help=text + shown, **meta)
+                target.add_argument(flag, dest=item.name, default=default, help=text, **meta)
+
+    @classmethod
+    def given_in(cls, args: argparse.Namespace) -> dict:
+        """The settings the command line gave (options added with `defaults` None)."""
+        return {item.name: getattr(args, item.name) for item in fields(cls) if getattr(args, item.name) is not None}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EditSettings:
-        return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+        return cls(**cls.given_in(args))
 
     def command_words(self) -> list[str]:
         """The options that give these settings back, e.g. ['--steps', '20', '--text-cfg', '7.5', ...]."""

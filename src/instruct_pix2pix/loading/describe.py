@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.loading.folder import CONFIG_FILES, read_json, transformers_class
+from instruct_pix2pix.loading.folder import CONFIG_FILES, check_weight_files, read_json, transformers_class
 from instruct_pix2pix.loading.hub import download
 from instruct_pix2pix.loading.single_file import SD15_CONFIG_DIR, carried_config_dir, carried_configs, conv_in_channels
 from instruct_pix2pix.loading.sources import default_source, resolve_source
@@ -26,6 +26,8 @@ def describe(source: str | Path | None, *, config: str | Path | None = None) -> 
             path = Path(huggingface_hub.snapshot_download(str(path), allow_patterns=patterns))
         except Exception:
             path = download(str(path))  # the same one-line error, or the cache
+    elif where == "folder":
+        check_weight_files(path)
     elif where == "file":
         in_channels = conv_in_channels(path)
         if config is None and carried_configs(path):

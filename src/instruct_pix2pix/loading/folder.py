@@ -57,6 +57,21 @@ def check_folder(folder: Path, *, weights: bool, expected: str) -> None:
         raise UserError(f"{folder} is missing {', '.join(missing)}; it must be {expected}")
 
 
+def check_weight_files(folder: Path) -> None:
+    """Every safetensors file of the parts opens (its header is read, not its tensors)."""
+    from safetensors import safe_open
+
+    for part in ("unet", "vae", "text_encoder"):
+        for path in sorted((folder / part).glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except Exception as error:
+                raise UserError(
+                    f"{path} is damaged ({first_line(error)}); download or export the model again"
+                ) from None
+
+
 def transformers_class(folder: Path, part: str, fallback: str) -> type:
     """The transformers class a part is saved as, looked up by name in transformers only."""
     name = fallback
@@ -93,6 +108,7 @@ def load_folder(folder: Path, *, kind: str, dtype: torch.dtype, source: str) -> 
     unet_config = read_json(folder / "unet" / "config.json")
     vae_config = read_json(folder / "vae" / "config.json")
     check_unet_channels(unet_config.get("in_channels", 4), vae_config.get("latent_channels", 4), kind, source)
+    check_weight_files(folder)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype(dtype))
@@ -100,8 +116,12 @@ def load_folder(folder: Path, *, kind: str, dtype: torch.dtype, source: str) -> 
             folder / "text_encoder", dtype=dtype
         )
         tokenizer = load_tokenizer(folder)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot load the model in {folder}: {first_line(error)}") from None
+    except Exception as error:  # OSError, ValueError, RuntimeError, safetensors' own SafetensorError, ...
+        if isinstance(error, UserError):
+            raise
+        raise UserError(
+            f"cannot load the model in {folder}: {first_line(error)}; it is damaged or incomplete"
+        ) from None
     scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     about = read_json(folder / "about.json") if (folder / "about.json").is_file() else None
     return ModelBundle(unet, vae, text_encoder, tokenizer, scheduler_config, source, about=about)

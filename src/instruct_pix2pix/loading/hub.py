@@ -24,10 +24,46 @@ def hub_patterns(repo_files: list[str]) -> list[str]:
     return patterns
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all, in a few seconds (the hub client retries for much longer).
+    Behind a proxy a direct connection says nothing, so then it is taken to answer."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def from_cache(repo_id: str, reason: str) -> Path:
+    """The copy of `repo_id` in the local hub cache, or a one-line error that says why there is none."""
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        raise UserError(
+            f"cannot download {repo_id!r} from the Hugging Face hub ({reason}) and it is not in the local cache; "
+            "download it where there is network, or pass a local diffusers folder or .safetensors file with --model"
+        ) from None
+
+
 def download(repo_id: str) -> Path:
     """Fetch what the editor needs from the hub, or find it in the local cache when offline."""
     import huggingface_hub
 
+    if not hub_reachable():
+        return from_cache(repo_id, "this machine is offline: the hub cannot be reached")
     try:
         files = huggingface_hub.list_repo_files(repo_id)
         return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=hub_patterns(files)))
@@ -35,16 +71,6 @@ def download(repo_id: str) -> Path:
         raise UserError(
             f"no model {repo_id!r} on the Hugging Face hub (or it is private and you are not logged in)"
         ) from None
-    except Exception as network_error:  # offline, proxy, DNS, time-out: try the cache
-        try:
-            return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
-        except Exception:
-            reason = (
-                str(network_error).strip().splitlines()[0][:160]
-                if str(network_error).strip()
-                else type(network_error).__name__
-            )
-            raise UserError(
-                f"cannot download {repo_id!r} from the Hugging Face hub and it is not in the local cache ({reason}); "
-                "download it where there is network, or pass a local folder or .safetensors file"
-            ) from None
+    except Exception as network_error:  # proxy, DNS, time-out: try the cache
+        text = str(network_error).strip()
+        return from_cache(repo_id, text.splitlines()[0][:160] if text else type(network_error).__name__)

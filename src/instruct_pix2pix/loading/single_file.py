@@ -21,6 +21,8 @@ from instruct_pix2pix.loading.folder import check_folder, first_line, load_token
 
 SD15_CONFIG_DIR: Path = Path(__file__).resolve().parents[1] / "configs" / "sd15-instruct-pix2pix"
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+# A bare single file (not written by `ip2p export`) says nothing of its architecture but its shapes.
+CONFIG_HINT = "; for a model of another size, give its diffusers config folder with --config"
 
 
 def load_single_file(
@@ -225,13 +227,14 @@ def _check_against_config(state: dict, path: Path, config_dir: Path, unet_config
     if missing:
         raise UserError(
             f"{path} does not match the model configuration in {config_dir}: it lacks {len(missing)} of the "
-            f"{len(expected)} weights needed (for example {missing[0]}); it is damaged or made for another architecture"
+            f"{len(expected)} weights needed (for example {missing[0]}); it is damaged or made for another "
+            f"architecture{CONFIG_HINT}"
         )
     for key, tensor in expected.items():
         if not _same_shape(state[key].shape, tensor.shape):
             raise UserError(
                 f"{path} does not match the model configuration in {config_dir}: {key} has shape "
-                f"{list(state[key].shape)}, the configuration needs {list(tensor.shape)}"
+                f"{list(state[key].shape)}, the configuration needs {list(tensor.shape)}{CONFIG_HINT}"
             )
 
 

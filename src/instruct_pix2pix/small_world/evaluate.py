@@ -306,7 +306,7 @@ def run_evaluation(
 ) -> str:
     """`ip2p world evaluate`: the model, the do-nothing baseline and the VAE's ceiling, on held-out
     scenes with training and held-out wording; writes results.json, table.md and examples.png."""
-    from instruct_pix2pix.images import save_png
+    from instruct_pix2pix.images import figure_metadata, save_png
 
     methods = {"model": editor_method(editor, settings, seed=seed), "unchanged input": unchanged,
                "ground truth via VAE": vae_round_trip(editor.model.vae)}  # fmt: skip
@@ -323,8 +323,28 @@ def run_evaluation(
         **asdict(settings),
     )
     write_text(output / "table.md", table + "\n")
-    save_png(example_figure(outputs, "model"), output / "examples.png")
+    command = ["ip2p", "world", "evaluate", "-o", output, "--per-kind", per_kind, *model_words(editor.model)]
+    record = {"model": editor.model.source, "per_kind": per_kind, "seed": seed, **asdict(settings)}
+    metadata = figure_metadata([*command, *settings.command_words()], **record)
+    save_png(example_figure(outputs, "model"), output / "examples.png", metadata)
     return f"{table}\n\nwritten: {output / 'results.json'}, {output / 'table.md'}, {output / 'examples.png'}"
+
+
+def model_words(model) -> list[str]:
+    """--model (and --config) for a command that remakes a figure: none for the shipped default."""
+    from instruct_pix2pix.loading import DEFAULT_MODEL
+
+    words = [] if model.source == str(DEFAULT_MODEL) else ["--model", model.source]
+    return words + (["--config", model.config] if model.config else [])
+
+
+def demo_metadata(editor, settings: EditSettings, seed: int, output) -> dict[str, str]:
+    """The metadata of `ip2p world demo`'s sheet."""
+    from instruct_pix2pix.images import figure_metadata
+
+    command = ["ip2p", "world", "demo", "-o", output, "--seed", seed, *model_words(editor.model)]
+    record = {"model": editor.model.source, "seed": seed, **asdict(settings)}
+    return figure_metadata([*command, *settings.command_words()], **record)
 
 
 DEMO_KINDS = ("recolor", "reshape", "add", "remove", "move", "global")

@@ -75,7 +75,7 @@ def _examples(edits: Iterable[WorldEdit], size: int, bar) -> Iterable[EditExampl
 def write_samples(output: str | os.PathLike[str], *, count: int = 2, size: int = DEFAULT_SIZE, seed: int = 0) -> Path:
     """For people: `count` edits of every kind as PNGs (input, ground truth) plus a labelled sheet
     `sheet.png` and `edits.jsonl` with captions and instructions."""
-    from instruct_pix2pix.images import image_grid, save_png
+    from instruct_pix2pix.images import figure_metadata, image_grid, save_png
 
     output = Path(output)
     edits = list(sample_edits(f"sample-{seed}", count * len(KINDS)))
@@ -92,7 +92,10 @@ def write_samples(output: str | os.PathLike[str], *, count: int = 2, size: int =
                         "edited_caption": edit.edited_caption})  # fmt: skip
         rows.append([before, after])
         labels.append([edit.kind, edit.instruction])
-    save_png(image_grid(rows, column_labels=["input", "edited (ground truth)"], scale=2, cell_labels=labels,
-                        cell_label_lines=3), output / "sheet.png")  # fmt: skip
+    sheet = image_grid(
+        rows, column_labels=["input", "edited (ground truth)"], scale=2, cell_labels=labels, cell_label_lines=3
+    )
+    command = ["ip2p", "world", "sample", "-o", output, "--count", count, "--seed", seed]
+    save_png(sheet, output / "sheet.png", figure_metadata(command, count=count, seed=seed, size=size))
     write_text(output / "edits.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return output

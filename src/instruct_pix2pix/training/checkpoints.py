@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from instruct_pix2pix.atomic import replace_folder, write_text
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.errors import EditWarning, UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
+RUN_FILES = ("config.json", "metrics.jsonl", "model", "validation")  # besides the checkpoints
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -49,13 +51,37 @@ def load_trainer_state(checkpoint: Path, rank: int) -> dict:
     return json.loads((checkpoint / f"trainer_state_{rank}.json").read_text())
 
 
+def earlier_run(output_dir: Path) -> list[Path]:
+    """What another run left in `output_dir`: its checkpoints, metrics, model, grids and config."""
+    return [*checkpoints(output_dir), *(output_dir / name for name in RUN_FILES if (output_dir / name).exists())]
+
+
+def check_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> None:
+    """A run never mixes its files with another's: an output_dir that holds one is refused unless this
+    run resumes it, or it is cleared first with overwrite_output_dir=true (the diffusers scripts' name)."""
+    found = earlier_run(output_dir)
+    if not found or resuming:
+        return
+    if not overwrite:
+        listed = ", ".join(path.name for path in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise UserError(
+            f"output_dir {output_dir} holds another run ({listed}); resume it with resume_from_checkpoint=latest, "
+            "give another output_dir, or replace it with overwrite_output_dir=true"
+        )
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def find_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> Path | None:
     """The checkpoint `resume_from_checkpoint` names: a folder, or "latest" (None if there is none yet)."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
         found = checkpoints(output_dir)
-        return found[-1] if found else None  # nothing yet: start from the beginning
+        if not found:
+            warnings.warn(f"no checkpoint in {output_dir} yet: training starts from step 0", EditWarning, stacklevel=2)
+            return None
+        return found[-1]
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise UserError(f"no checkpoint folder {path} (use resume_from_checkpoint=latest to take the newest)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -24,9 +25,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 @dataclass
 class TrainConfig:
     # --- model: start from a text-to-image or editing checkpoint, or from scratch ---
-    pretrained_model_name_or_path: str | None = (
-        None  # folder, hub id or single file (text-to-image: conv_in is widened 4 -> 8)
-    )
+    pretrained_model_name_or_path: str | None = None  # folder, hub id or single file (text-to-image: widened 4 -> 8)
     pretrained_config: str | None = None  # diffusers config folder for a single file (default: SD 1.5's)
     from_scratch: str | None = None  # a diffusers-format folder of configs (+ tokenizer, and VAE/text encoder weights)
     # --- data ---
@@ -45,18 +44,14 @@ class TrainConfig:
     train_batch_size: int = 4  # per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-4  # AdamW's peak
-    lr_scheduler: str = (
-        "constant_with_warmup"  # diffusers' get_scheduler: constant, constant_with_warmup, linear, cosine, ...
-    )
+    lr_scheduler: str = "constant_with_warmup"  # diffusers' get_scheduler: constant, linear, cosine, ...
     lr_warmup_steps: int = 0  # linear warmup, in optimizer steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0  # gradient clipping
-    use_ema: bool = (
-        False  # keep an EMA of the UNet (with warmup); model/unet holds it, model/unet_non_ema the raw weights
-    )
+    use_ema: bool = False  # keep an EMA of the UNet (with warmup) in model/unet; raw weights in model/unet_non_ema
     ema_decay: float = 0.9999
     mixed_precision: str = "no"  # no, fp16, bf16
     gradient_checkpointing: bool = False  # less memory, more compute
@@ -65,9 +60,8 @@ class TrainConfig:
     checkpointing_steps: int = 500  # save a checkpoint every this many optimizer steps (and at the end)
     checkpoints_total_limit: int | None = 3  # keep the newest this many checkpoints (none: keep all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    validation_steps: int = (
-        0  # save a grid of validation edits every this many optimizer steps (and at the end); 0: none
-    )
+    overwrite_output_dir: bool = False  # train into an output_dir that holds another run's files, replacing them
+    validation_steps: int = 0  # save a grid of validation edits every this many steps (and at the end); 0: none
     validation_prompts: list[str] = field(default_factory=list)  # the instructions of the grid's columns
     validation_images: list[str] = field(
         default_factory=list
@@ -90,6 +84,14 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("learning_rate", "adam_epsilon", "max_grad_norm"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive number, not {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        if self.adam_weight_decay < 0 or self.lr_warmup_steps < 0:
+            raise UserError("adam_weight_decay and lr_warmup_steps cannot be negative")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -33,6 +33,7 @@ from instruct_pix2pix.loading import ANY, ModelBundle, build_from_configs, load_
 from instruct_pix2pix.loading.bundle import check_unet_channels
 from instruct_pix2pix.prompts import encode_prompts
 from instruct_pix2pix.training.checkpoints import (
+    check_output_dir,
     find_checkpoint,
     keep_metrics_up_to,
     load_trainer_state,
@@ -114,7 +115,10 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
         project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=False),
     )
     rank, world_size, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    checkpoint = find_checkpoint(config.resume_from_checkpoint, output_dir)  # before anything is written
     if accelerator.is_main_process:
+        resuming = bool(config.resume_from_checkpoint)
+        check_output_dir(output_dir, resuming=resuming, overwrite=config.overwrite_output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(output_dir / "config.json", asdict(config))
 
@@ -169,7 +173,6 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     state = {"epoch": 0, "position": 0, "step": 0}
-    checkpoint = find_checkpoint(config.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = load_trainer_state(checkpoint, rank)
