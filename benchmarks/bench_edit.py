@@ -60,25 +60,7 @@ SD15_SCHEDULER_CONFIG = {
     "skip_prk_steps": True,
     "trained_betas": None,
 }
-WORDS = [
-    "make",
-    "it",
-    "snowy",
-    "turn",
-    "the",
-    "sky",
-    "into",
-    "a",
-    "night",
-    "add",
-    "fireworks",
-    "red",
-    "blue",
-    "circle",
-    "square",
-    "painting",
-    "watercolor",
-]
+WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
 PROMPT = "make it night"  # in the small world's vocabulary too
 
 # Widths: (UNet blocks, attention heads, text hidden / layers / heads / MLP, VAE blocks).

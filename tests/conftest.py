@@ -29,25 +29,7 @@ SD15_SCHEDULER_CONFIG = {
     "skip_prk_steps": True,
     "trained_betas": None,
 }
-WORDS = [
-    "make",
-    "it",
-    "snowy",
-    "turn",
-    "the",
-    "sky",
-    "into",
-    "a",
-    "night",
-    "add",
-    "fireworks",
-    "red",
-    "blue",
-    "circle",
-    "square",
-    "painting",
-    "watercolor",
-]
+WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
 
 
 def tiny_parts(seed: int = 0, in_channels: int = 8) -> dict:

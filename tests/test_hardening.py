@@ -202,12 +202,14 @@ def test_exported_file_describes_itself_and_has_the_usual_permissions(capsys, ti
     assert code == 0 and "blocks 32/64" in out and "single-file checkpoint" in out  # its own widths, not SD's
 
 
-def test_a_bare_single_file_of_another_size_says_to_give_its_config(capsys, tiny_model_dir, photo, tmp_path):
+def test_a_bare_single_file_says_what_it_needs(capsys, tiny_model_dir, photo, tmp_path):
     model = load_model(tiny_model_dir)
     path = tmp_path / "bare.safetensors"
     save_single_file(model.unet, model.vae, model.text_encoder, path)  # no configs inside, as other tools write
     code, _, err = run(capsys, "edit", photo, "x", "-o", tmp_path / "o.png", "--model", path, *FAST)
-    one_line_error(code, err, "--config")
+    one_line_error(code, err, "no tokenizer", "--config")  # its tiny vocabulary is not CLIP's
+    code, _, err = run(capsys, "info", "--model", path)
+    one_line_error(code, err, "no tokenizer", "--config")
 
 
 def test_latents_are_not_clipped_unless_the_config_asks():
@@ -225,6 +227,10 @@ def test_latents_are_not_clipped_unless_the_config_asks():
         (["edit", "missing.png", "x", "-o", "o.gif"], ".webp"),
         (["edit", "missing.png", "x", "-o", "o.png", "--seed", "-3"], "seed"),
         (["export", "-o", "o.ckpt"], ".safetensors"),
+        (["info", "--model", "./no/such/model"], "no such model"),
+        (["world", "demo", "--model", "./nowhere"], "no such model"),
+        (["train", "missing.yaml"], "no such config file"),
+        (["train", "missing.yaml", "learning_rate=-1"], "no such config file"),
     ],
 )
 def test_input_checks_answer_before_the_heavy_imports(tmp_path, args, words):

@@ -516,9 +516,12 @@ def test_save_png_is_atomic(tmp_path, monkeypatch, failure, expected):
 def test_read_metadata_errors(tmp_path):
     message = user_error(read_metadata, tmp_path / "none.png")
     assert message == f"no such file: {tmp_path / 'none.png'}; check the path"
-    jpeg = tmp_path / "photo.jpg"
+    bmp = tmp_path / "photo.bmp"
+    Image.new("RGB", (4, 4)).save(bmp)
+    assert str(bmp) in user_error(read_metadata, bmp)
+    jpeg = tmp_path / "photo.jpg"  # a JPEG without our XMP packet has no settings, and that is no error
     Image.new("RGB", (4, 4)).save(jpeg)
-    assert str(jpeg) in user_error(read_metadata, jpeg)
+    assert read_metadata(jpeg) == {}
 
 
 def test_module_level_names():

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -352,8 +353,8 @@ def test_incomplete_checkpoint(tiny, tmp_path):
 
 def test_config_that_does_not_fit_the_checkpoint(tiny):
     # The tiny file against the full-size SD 1.5 configuration: shapes differ.
-    with pytest.raises(UserError, match="does not match the model configuration"):
-        load_single_file(tiny["path"])
+    with pytest.raises(UserError, match="does not match the model configuration.*--config"):
+        load_single_file(tiny["path"], config_dir=SD15_CONFIG_DIR)
 
 
 def test_bad_config_dir(tiny, tmp_path):
@@ -536,3 +537,35 @@ def test_shipped_tokenizer_gives_the_known_clip_ids():
     ]
     padded = tokenizer("a photo of a cat", padding="max_length", max_length=77, truncation=True).input_ids
     assert len(padded) == 77 and padded[7:] == [49407] * 70
+
+
+@pytest.mark.parametrize("unet_layers, vae_layers, in_channels", [(2, 1, 8), (1, 2, 4)])
+def test_a_bare_file_of_any_size_loads_by_its_shapes(tmp_path, unet_layers, vae_layers, in_channels):
+    """No --config and no configs inside (as AUTOMATIC1111 or ComfyUI write them): the architecture is
+    read from the shapes; what shapes cannot tell (attention heads, norm groups) is SD 1.5's."""
+    from instruct_pix2pix.loading import describe
+
+    unet, vae, text_encoder = _tiny_models(unet_layers, vae_layers, in_channels)
+    path = tmp_path / "bare.safetensors"
+    save_single_file(unet, vae, text_encoder, path)
+    loaded = load_single_file(path, kind="any")
+    _assert_all_identical({"unet": unet, "vae": vae, "text_encoder": text_encoder}, loaded)
+    for key in ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
+                "cross_attention_dim"):  # fmt: skip
+        assert tuple(np.atleast_1d(loaded.unet.config[key])) == tuple(np.atleast_1d(unet.config[key])), key
+    for key in ("block_out_channels", "layers_per_block", "latent_channels"):
+        assert tuple(np.atleast_1d(loaded.vae.config[key])) == tuple(np.atleast_1d(vae.config[key])), key
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        assert getattr(loaded.text_encoder.config, key) == getattr(text_encoder.config, key), key
+    info = describe(path)
+    assert "blocks 32/64" in info["unet"] and "width 32, 2 layers" in info["text encoder"]
+
+
+def test_a_bare_file_whose_vocabulary_is_not_clips_asks_for_its_config(tmp_path):
+    unet, vae, _ = _tiny_models()
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                                num_attention_heads=4, vocab_size=500))  # fmt: skip
+    path = tmp_path / "bare.safetensors"
+    save_single_file(unet, vae, text_encoder, path)
+    with pytest.raises(UserError, match="text encoder of 500 tokens.*--config"):
+        load_single_file(path)

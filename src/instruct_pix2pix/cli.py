@@ -288,6 +288,7 @@ def run_edit(args) -> int:
     check_seed(seed, args.num_images)
     plan = output_plan(args.output, paths, args.num_images, seed)
     check_writable([path for targets in plan for path in targets])
+    check_model_source(args)
     existing = [path for targets in plan for path in targets if path.exists()]
     if existing and not (args.overwrite or args.skip_existing):
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
@@ -321,7 +322,18 @@ def run_edit(args) -> int:
     return 1 if bad else 0
 
 
+def check_model_source(args) -> None:
+    """--model names something that exists (or looks like a hub id), and --config a folder: checked
+    before the heavy imports."""
+    from instruct_pix2pix.loading import default_source, resolve_source
+
+    resolve_source(default_source(args.model))
+    if getattr(args, "config", None) and not Path(args.config).is_dir():
+        raise UserError(f"no config folder {args.config}; give a diffusers folder of configs (and tokenizer)")
+
+
 def run_info(args) -> None:
+    check_model_source(args)
     quiet_libraries()
     from instruct_pix2pix.loading import describe
 
@@ -340,8 +352,7 @@ def quiet_libraries() -> None:
 
 
 def run_train(args) -> None:
-    quiet_libraries()
-    from instruct_pix2pix.training import load_config, train
+    from instruct_pix2pix.training import load_config
     from instruct_pix2pix.training.config import settings_help
 
     if args.help_settings:
@@ -349,7 +360,11 @@ def run_train(args) -> None:
         return
     if args.config is None:
         raise UserError("give a config file, e.g. ip2p train configs/tiny.yaml (settings: ip2p train --help-settings)")
-    print(train(load_config(args.config, args.overrides), cpu=args.device == "cpu"))
+    config = load_config(args.config, args.overrides)  # checked before the heavy imports
+    quiet_libraries()
+    from instruct_pix2pix.training import train
+
+    print(train(config, cpu=args.device == "cpu"))
 
 
 def run_export(args) -> None:
@@ -361,6 +376,7 @@ def run_export(args) -> None:
             f"{output}: single-file checkpoints are written as safetensors; use a name ending in .safetensors"
         )
     check_writable([output])
+    check_model_source(args)
     quiet_libraries()
     from instruct_pix2pix.loading import load_model, save_single_file
 
@@ -397,7 +413,6 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def run_world(args) -> None:
-    quiet_libraries()
     if args.world_command == "sample":
         from instruct_pix2pix.small_world.generate import write_samples
 
@@ -407,6 +422,7 @@ def run_world(args) -> None:
 
         print(write_dataset(args.output, args.count, split=args.split, format=args.format))
     elif args.world_command == "train-default":
+        quiet_libraries()
         from instruct_pix2pix.small_world.recipe import TRAINING_EDITS, run_recipe
 
         edits = args.edits or TRAINING_EDITS
@@ -414,6 +430,8 @@ def run_world(args) -> None:
     elif args.world_command == "pretrain":
         run_pretrain(args)
     else:
+        check_model_source(args)
+        quiet_libraries()
         from instruct_pix2pix import Editor
         from instruct_pix2pix.settings import EditSettings
 
@@ -435,6 +453,7 @@ def run_world(args) -> None:
 def run_pretrain(args) -> None:
     import json
 
+    quiet_libraries()
     from instruct_pix2pix.small_world import pretrain
 
     chosen = {

@@ -11,31 +11,41 @@ and writing it), bundle (the parts, their kind, conv_in widening), describe (`ip
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from instruct_pix2pix.loading.bundle import ANY, EDITING, KINDS, TEXT_TO_IMAGE, ModelBundle, widen_conv_in
-from instruct_pix2pix.loading.compvis import save_single_file
-from instruct_pix2pix.loading.describe import describe
-from instruct_pix2pix.loading.folder import (
-    build_from_configs,
-    load_folder,
-    no_torchvision_warnings,
-    save_model,
-    transformers_class,
-)
-from instruct_pix2pix.loading.hub import DEFAULT_HUB_ID, download
-from instruct_pix2pix.loading.single_file import SD15_CONFIG_DIR, load_single_file
+from instruct_pix2pix.loading.hub import DEFAULT_HUB_ID
 from instruct_pix2pix.loading.sources import DEFAULT_MODEL, default_source, resolve_source
+
+if TYPE_CHECKING:
+    import torch
+
+    from instruct_pix2pix.loading.bundle import ModelBundle
+
+# The rest is imported when first used (PEP 562), so that the light parts (what a source is, the
+# default model) cost nothing: the CLI checks its arguments before torch is imported.
+_LAZY = {
+    "ANY": "bundle", "EDITING": "bundle", "KINDS": "bundle", "TEXT_TO_IMAGE": "bundle", "ModelBundle": "bundle",
+    "widen_conv_in": "bundle", "save_single_file": "compvis", "describe": "describe",
+    "build_from_configs": "folder", "load_folder": "folder", "no_torchvision_warnings": "folder",
+    "save_model": "folder", "transformers_class": "folder", "download": "hub",
+    "SD15_CONFIG_DIR": "single_file", "load_single_file": "single_file",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(
     source: str | Path | None = None,
     *,
-    kind: str = EDITING,
+    kind: str = "editing",
     widen: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     config: str | Path | None = None,
 ) -> ModelBundle:
     """Load a model of `kind` ("editing", "text-to-image" or "any") from a diffusers folder, a hub id
@@ -45,8 +55,16 @@ def load_model(
     (zero-initialised, see `widen_conv_in`). `config` is the diffusers folder of configs a single
     file is read with; by default the shipped configuration of timbrooks/instruct-pix2pix.
     """
+    import torch
+
+    from instruct_pix2pix.loading.bundle import KINDS, widen_conv_in
+    from instruct_pix2pix.loading.folder import load_folder
+    from instruct_pix2pix.loading.hub import download
+    from instruct_pix2pix.loading.single_file import load_single_file
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    dtype = dtype or torch.float32
     source = default_source(source)
     where, path = resolve_source(source)
     if where == "file":

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.loading.folder import CONFIG_FILES, check_weight_files, read_json, transformers_class
+from instruct_pix2pix.loading.folder import check_folder, check_weight_files, read_json, transformers_class
 from instruct_pix2pix.loading.hub import download
-from instruct_pix2pix.loading.single_file import SD15_CONFIG_DIR, carried_config_dir, carried_configs, conv_in_channels
+from instruct_pix2pix.loading.single_file import config_folder, conv_in_channels, read_shapes
 from instruct_pix2pix.loading.sources import default_source, resolve_source
 
 SOURCE_NAMES = {"folder": "diffusers folder", "hub": "hub id", "file": "single-file checkpoint"}
@@ -30,19 +29,15 @@ def describe(source: str | Path | None, *, config: str | Path | None = None) -> 
         check_weight_files(path)
     elif where == "file":
         in_channels = conv_in_channels(path)
-        if config is None and carried_configs(path):
-            with carried_config_dir(path) as carried:
-                return {**describe_folder(carried, in_channels), "source": f"{source} ({SOURCE_NAMES[where]})"}
-        path = Path(config or SD15_CONFIG_DIR)
+        with config_folder(path, config, read_shapes(path)) as folder:
+            return {**describe_folder(folder, in_channels), "source": f"{source} ({SOURCE_NAMES[where]})"}
     return {**describe_folder(path, in_channels, source), "source": f"{source} ({SOURCE_NAMES[where]})"}
 
 
 def describe_folder(path: Path, in_channels: int | None = None, source: str | Path = "") -> dict[str, str]:
     """`describe` for a folder of configs; `in_channels` overrides the UNet config's (a single file's own)."""
     source = source or path
-    for part, name in CONFIG_FILES.items():
-        if not (path / part / name).is_file():
-            raise UserError(f"{source} is missing {part}/{name}; it is not a diffusers-format model")
+    check_folder(path, weights=False, expected="a diffusers-format model")
     unet = read_json(path / "unet" / "config.json")
     vae = read_json(path / "vae" / "config.json")
     text = read_json(path / "text_encoder" / "config.json")

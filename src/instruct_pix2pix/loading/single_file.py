@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.loading.architecture import inferred_config_dir
 from instruct_pix2pix.loading.bundle import EDITING, ModelBundle, check_unet_channels, vae_dtype
 from instruct_pix2pix.loading.compvis import CONFIGS_KEY, PREFIXES, UNET_CONV_IN, UNET_PREFIX, to_compvis_state_dict
 from instruct_pix2pix.loading.folder import check_folder, first_line, load_tokenizer, read_json
@@ -37,21 +38,35 @@ def load_single_file(
 
     ``config_dir`` is a diffusers-format folder without weights (unet/, vae/, text_encoder/ configs,
     tokenizer/ files and scheduler/ config). By default: the configs the file carries (files written
-    by `ip2p export`), else the shipped configuration of ``timbrooks/instruct-pix2pix``.
+    by `ip2p export`), else the architecture its shapes tell (architecture.py) over the shipped
+    configuration of ``timbrooks/instruct-pix2pix``.
     The UNet's input channels are the checkpoint's own, so a text-to-image checkpoint reads with the
     editing model's configs. Keys outside the three model prefixes (``model_ema.*``, optimizer
     leftovers, ...) are ignored.
     """
     path = Path(path)
-    if config_dir is None and carried_configs(path):
-        with carried_config_dir(path) as carried:
-            return load_single_file(path, carried, kind=kind, dtype=dtype, source=source)
-    config_dir = Path(config_dir or SD15_CONFIG_DIR)
+    state = _read_state_dict(path)
+    _check_layout(state, path)
+    with config_folder(path, config_dir, {key: tuple(tensor.shape) for key, tensor in state.items()}) as folder:
+        return _build(path, state, folder, kind=kind, dtype=dtype, source=source)
+
+
+def config_folder(path: Path, config_dir, shapes) -> contextlib.AbstractContextManager[Path]:
+    """The configs a single file is read with: `config_dir` when given, else those it carries, else
+    those its shapes tell (over the SD 1.5 InstructPix2Pix configuration)."""
+    if config_dir is not None:
+        return contextlib.nullcontext(Path(config_dir))
+    if carried_configs(path):
+        return carried_config_dir(path)
+    return inferred_config_dir(shapes, SD15_CONFIG_DIR, str(path))
+
+
+def _build(
+    path: Path, state: dict, config_dir: Path, *, kind: str, dtype: torch.dtype, source: str | None
+) -> ModelBundle:
     check_folder(config_dir, weights=False, expected="a diffusers model configuration folder (configs and tokenizer)")
     unet_config = read_json(config_dir / "unet" / "config.json")
     vae_config = read_json(config_dir / "vae" / "config.json")
-    state = _read_state_dict(path)
-    _check_layout(state, path)
     in_channels = int(state[UNET_CONV_IN].shape[1])
     check_unet_channels(in_channels, vae_config.get("latent_channels", 4), kind, str(path))
     unet_config["in_channels"] = in_channels
@@ -116,6 +131,20 @@ def carried_config_dir(path: Path):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
         yield Path(folder)
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of a checkpoint's model tensors, without reading the tensors (safetensors: the header)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                names = [key for key in handle.keys() if _wanted(key)]  # noqa: SIM118 (not a dict)
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in names}
+        except Exception as exc:
+            raise UserError(f"cannot read {path} as a safetensors checkpoint: {first_line(exc)}") from None
+    return {key: tuple(tensor.shape) for key, tensor in _read_state_dict(path).items()}
 
 
 def conv_in_channels(path: Path) -> int:
