@@ -55,9 +55,10 @@ def test_bad_settings_are_one_line_and_write_nothing(capsys, tiny_model_dir, pho
 
 def test_extreme_shapes_are_warned(capsys, tiny_model_dir, tmp_path):
     thin = tmp_path / "thin.png"
-    scene(400, 10).save(thin)
-    code, _, err = run(capsys, "edit", thin, "x", "-o", tmp_path / "o.png", "--model", tiny_model_dir, *FAST)
-    assert code == 0 and "more than 4:1" in err
+    scene(320, 16).save(thin)
+    out = tmp_path / "o.png"
+    code, _, err = run(capsys, "edit", thin, "x", "-o", out, "--model", tiny_model_dir, *FAST, "--keep-size")
+    assert code == 0 and "320x16, more than 4:1" in err
 
 
 def test_outputs_are_checked_before_any_work(capsys, tiny_model_dir, photo, tmp_path):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from instruct_pix2pix import images
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.errors import EditWarning, UserError
 from instruct_pix2pix.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -179,7 +179,8 @@ def test_animation_gives_first_frame_and_closes_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image, "open", spying_open)
     before = len(os.listdir("/proc/self/fd"))
-    image = load_image(path)
+    with pytest.warns(EditWarning, match="has 2 frames; only the first is edited"):
+        image = load_image(path)
     assert len(seen) == 1 and len(os.listdir("/proc/self/fd")) == before
     assert image.getpixel((4, 4)) == (255, 0, 0)
 

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from instruct_pix2pix.editing import Editor
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.loading import describe, hub, load_model, save_single_file
+from instruct_pix2pix.loading import SD15_CONFIG_DIR, describe, hub, load_model, save_single_file
 from instruct_pix2pix.loading.hub import hub_patterns
 
 EDIT = dict(seed=3, num_inference_steps=4, show_progress=False)
@@ -187,7 +187,7 @@ def test_info_reads_configs(tiny_model_dir, text_to_image_model_dir, tmp_path):
     info = describe(checkpoint, config=config_only_copy(tiny_model_dir, tmp_path / "configs"))
     assert "single-file" in info["source"] and info["kind"].startswith("editing model")
     # the shipped configuration describes SD 1.5 InstructPix2Pix
-    assert describe(checkpoint)["default resolution"] == "512"
+    assert describe(checkpoint, config=SD15_CONFIG_DIR)["default resolution"] == "512"
 
 
 def test_any_transformers_text_encoder(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import random
+import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from instruct_pix2pix.data import open_dataset
+from instruct_pix2pix.images import read_metadata
 from instruct_pix2pix.small_world import (
     KINDS,
     PHRASINGS,
@@ -233,6 +235,8 @@ def test_samples_for_people(tmp_path):
     records = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == list(KINDS)
     assert (out / "sheet.png").exists() and (out / records[0]["edited"]).exists()
+    command = shlex.split(read_metadata(out / "sheet.png")["ip2p-command"])  # the sheet says how to remake it
+    assert command == ["ip2p", "world", "sample", "-o", str(out), "--count", "1", "--seed", "0"]
 
 
 def test_unknown_words_warning_names_them(tiny_model_dir, tmp_path):
@@ -267,3 +271,17 @@ def test_the_cli_world_commands(tmp_path, capsys):
     assert len(list((tmp_path / "d").glob("*.parquet"))) == 1
     assert main(["world", "generate", "-o", str(tmp_path / "d"), "--count", "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_demo_and_evaluation_figures_carry_their_settings(tmp_path):
+    from instruct_pix2pix.cli import main
+
+    demo = tmp_path / "demo.png"
+    assert main(["world", "demo", "-o", str(demo), "--steps", "2", "--device", "cpu"]) == 0
+    words = shlex.split(read_metadata(demo)["ip2p-command"])
+    assert words[:3] == ["ip2p", "world", "demo"] and words[words.index("--steps") + 1] == "2"
+    assert json.loads(read_metadata(demo)["instruct-pix2pix"])["num_inference_steps"] == 2
+    out = tmp_path / "eval"
+    assert main(["world", "evaluate", "-o", str(out), "--per-kind", "1", "--steps", "2", "--device", "cpu"]) == 0
+    words = shlex.split(read_metadata(out / "examples.png")["ip2p-command"])
+    assert words[:3] == ["ip2p", "world", "evaluate"] and words[words.index("--per-kind") + 1] == "1"

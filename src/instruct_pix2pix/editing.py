@@ -304,8 +304,10 @@ class Editor:
     def prepare_image(self, source, settings: EditSettings, max_pixels: int, max_work_pixels: int) -> Image.Image:
         image = load_image(source, max_pixels=max_pixels)
         if settings.keep_size:
-            return check_working_size(fit_to_multiple(image, 8), max_work_pixels)
-        check_working_size(Image.new("1", edit_size(image.size, settings.resolution)), max_work_pixels)
+            image = fit_to_multiple(image, 8)
+            check_working_size(image.size, max_work_pixels)
+            return image
+        check_working_size(edit_size(image.size, settings.resolution), max_work_pixels)  # before resizing
         return resize_for_edit(image, settings.resolution)
 
     # --- the work --------------------------------------------------------------------------------
@@ -399,10 +401,10 @@ class Editor:
 MAX_ASPECT_RATIO = 4  # wider than this, the model (trained on squares) is far from what it knows
 
 
-def check_working_size(image: Image.Image, max_work_pixels: int) -> Image.Image:
+def check_working_size(size: tuple[int, int], max_work_pixels: int) -> None:
     """Refuse a working size over the limit (memory grows with it, attention faster still); warn
-    about extreme shapes. Returns `image`."""
-    width, height = image.size
+    about extreme shapes."""
+    width, height = size
     if width * height > max_work_pixels:
         raise UserError(
             f"the working size would be {width}x{height} = {width * height:,} pixels, over the limit of "
@@ -415,7 +417,6 @@ def check_working_size(image: Image.Image, max_work_pixels: int) -> Image.Image:
             EditWarning,
             stacklevel=4,
         )
-    return image
 
 
 def sampler_title(name: str) -> str:

@@ -6,7 +6,8 @@
 
 Modules: sources (what a source is), folder (diffusers folders: check, load, save), hub (fetch
 the needed files), single_file (read CompVis-layout checkpoints), compvis (that layout's names,
-and writing it), bundle (the parts, their kind, conv_in widening), describe (`ip2p info`).
+and writing it), bundle (the parts, their kind, conv_in widening), architecture (a single file's,
+from its shapes), info (`ip2p info`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 # default model) cost nothing: the CLI checks its arguments before torch is imported.
 _LAZY = {
     "ANY": "bundle", "EDITING": "bundle", "KINDS": "bundle", "TEXT_TO_IMAGE": "bundle", "ModelBundle": "bundle",
-    "widen_conv_in": "bundle", "save_single_file": "compvis", "describe": "describe",
+    "widen_conv_in": "bundle", "save_single_file": "compvis", "describe": "info",
     "build_from_configs": "folder", "load_folder": "folder", "no_torchvision_warnings": "folder",
     "save_model": "folder", "transformers_class": "folder", "download": "hub",
     "SD15_CONFIG_DIR": "single_file", "load_single_file": "single_file",
