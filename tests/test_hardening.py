@@ -243,3 +243,26 @@ def test_input_checks_answer_before_the_heavy_imports(tmp_path, args, words):
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True)
     assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
     assert words in done.stderr
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_what_was_written(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    import errno
+
+    from instruct_pix2pix import atomic
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for k in range(3):
+        scene(64, 64, k).save(inputs / f"{k}.png")
+    real_fsync, written = os.fsync, []
+
+    def fills_up(descriptor):
+        if len(written) == 1:  # the second image finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(descriptor)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(atomic.os, "fsync", fills_up)
+    code, _, err = run(capsys, "edit", inputs, "x", "-o", out, "--model", tiny_model_dir, *FAST)
+    one_line_error(code, err, "No space left on device")
+    assert sorted(p.name for p in out.iterdir()) == ["0_1.png"]  # the finished one, and no temporary file
