@@ -266,3 +266,14 @@ def test_a_full_disk_stops_with_one_line_and_keeps_what_was_written(capsys, tiny
     code, _, err = run(capsys, "edit", inputs, "x", "-o", out, "--model", tiny_model_dir, *FAST)
     one_line_error(code, err, "No space left on device")
     assert sorted(p.name for p in out.iterdir()) == ["0_1.png"]  # the finished one, and no temporary file
+
+
+def test_skip_existing_with_everything_done_loads_nothing(capsys, tmp_path):
+    source, out = tmp_path / "in.png", tmp_path / "out.png"
+    scene(64, 64).save(source)
+    out.write_bytes(b"done")
+    missing = tmp_path / "no-model"
+    code, _, err = run(capsys, "edit", source, "x", "-o", out, "--model", missing, "--skip-existing")
+    assert code == 2 and "no such model" in err  # the model is still checked, as every argument is
+    code, _, err = run(capsys, "edit", source, "x", "-o", out, "--skip-existing")
+    assert code == 0 and "nothing to edit" in err and out.read_bytes() == b"done"

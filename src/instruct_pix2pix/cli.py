@@ -263,7 +263,8 @@ def read_inputs(paths: list[Path], max_pixels: int, skip_bad: bool) -> tuple[dic
             images[index] = load_image(path, max_pixels=max_pixels)
         except UserError as error:
             if not skip_bad:
-                raise UserError(f"{error} (or pass --skip-bad to edit the other inputs)") from None
+                hint = " (or pass --skip-bad to edit the other inputs)" if len(paths) > 1 else ""
+                raise UserError(f"{error}{hint}") from None
             bad.append(str(error))
     return images, bad
 
@@ -296,6 +297,10 @@ def run_edit(args) -> int:
     todo = [i for i, targets in enumerate(plan) if args.overwrite or not all(path.exists() for path in targets)]
     images, bad = read_inputs([paths[i] for i in todo], args.max_pixels or DEFAULT_MAX_PIXELS, args.skip_bad)
     todo = [todo[k] for k in images]
+    if not todo:
+        if not bad:
+            print("ip2p: nothing to edit: every output exists already", file=sys.stderr)
+        return report_skipped(bad)
 
     quiet_libraries()
     from tqdm.auto import tqdm
@@ -317,6 +322,11 @@ def run_edit(args) -> int:
         for edit, path in zip(result.edits, plan[index]):
             save_image(edit.image, path, result.metadata(edit, paths[index]))
             tqdm.write(str(path))
+    return report_skipped(bad)
+
+
+def report_skipped(bad: list[str]) -> int:
+    """List the inputs --skip-bad passed over; exit status 1 if there were any."""
     for reason in bad:
         print(f"ip2p: skipped: {reason}", file=sys.stderr)
     return 1 if bad else 0
