@@ -43,23 +43,12 @@ from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from instruct_pix2pix.editing import Editor  # noqa: E402
+from instruct_pix2pix.loading import SD15_CONFIG_DIR  # noqa: E402
 from instruct_pix2pix.settings import SCHEDULERS, make_scheduler  # noqa: E402
 from instruct_pix2pix.tokenizers import build_clip_tokenizer  # noqa: E402
 
-# SD 1.5's scheduler config (as in tests/conftest.py): the one timbrooks/instruct-pix2pix ships.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "EulerAncestralDiscreteScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "trained_betas": None,
-}
+# The scheduler config of timbrooks/instruct-pix2pix (SD 1.5's), as shipped for single files.
+SD15_SCHEDULER_CONFIG = json.loads((SD15_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
 WORDS = "make it snowy turn the sky into a night add fireworks red blue circle square painting watercolor".split()
 PROMPT = "make it night"  # in the small world's vocabulary too
 

@@ -305,16 +305,17 @@ def run_edit(args) -> int:
     quiet_libraries()
     from tqdm.auto import tqdm
 
-    from instruct_pix2pix.editing import Editor
+    from instruct_pix2pix.editing import Editor, check_working_size
 
     editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
     settings = editor.resolve(editor.default_settings.replace(**overrides))
     limits = dict(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_work_pixels=args.max_work_pixels)
-    prepared = [editor.prepare_image(image, settings, **limits) for image in images.values()]  # sizes: checked now
+    for image in images.values():  # every working size is checked before the first edit
+        check_working_size(editor.working_size(image.size, settings), args.max_work_pixels)
     several = len(todo) > 1
     # Each input's results are written as soon as they are made: an interrupted run keeps them, and
     # `--skip-existing` goes on from there.
-    for index, image in zip(tqdm(todo, desc="images", unit="image", disable=not several), prepared):
+    for index, image in zip(tqdm(todo, desc="images", unit="image", disable=not several), images.values()):
         result = editor.edit(
             image, instruction, settings, then=args.then, seed=seed, num_images=args.num_images,
             batch_size=args.batch_size, show_progress=not several, **limits,

@@ -34,6 +34,7 @@ from instruct_pix2pix.images import (
     edit_size,
     fit_to_multiple,
     load_image,
+    multiple_size,
     resize_for_edit,
     to_pil,
     to_tensor,
@@ -301,14 +302,16 @@ class Editor:
             return settings.replace(resolution=self.model.default_resolution)
         return settings
 
+    def working_size(self, size: tuple[int, int], settings: EditSettings) -> tuple[int, int]:
+        """The size an image of `size` is edited at, with resolved `settings`."""
+        return multiple_size(size, 8) if settings.keep_size else edit_size(size, settings.resolution)
+
     def prepare_image(self, source, settings: EditSettings, max_pixels: int, max_work_pixels: int) -> Image.Image:
         image = load_image(source, max_pixels=max_pixels)
-        if settings.keep_size:
-            image = fit_to_multiple(image, 8)
-            check_working_size(image.size, max_work_pixels)
-            return image
-        check_working_size(edit_size(image.size, settings.resolution), max_work_pixels)  # before resizing
-        return resize_for_edit(image, settings.resolution)
+        size = self.working_size(image.size, settings)
+        check_working_size(size, max_work_pixels)  # before resizing
+        warn_if_extreme(size)
+        return fit_to_multiple(image, 8) if settings.keep_size else resize_for_edit(image, settings.resolution)
 
     # --- the work --------------------------------------------------------------------------------
 
@@ -402,14 +405,18 @@ MAX_ASPECT_RATIO = 4  # wider than this, the model (trained on squares) is far f
 
 
 def check_working_size(size: tuple[int, int], max_work_pixels: int) -> None:
-    """Refuse a working size over the limit (memory grows with it, attention faster still); warn
-    about extreme shapes."""
+    """Refuse a working size over the limit (memory grows with it, attention faster still)."""
     width, height = size
     if width * height > max_work_pixels:
         raise UserError(
             f"the working size would be {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_work_pixels:,}; lower --resolution, or raise the limit with --max-work-pixels"
         )
+
+
+def warn_if_extreme(size: tuple[int, int]) -> None:
+    """Say so when the working size is far from the square images the model was trained on."""
+    width, height = size
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         warnings.warn(
             f"the working size is {width}x{height}, more than {MAX_ASPECT_RATIO}:1; expect slow steps and poor "

@@ -237,21 +237,24 @@ def resize_for_edit(image: Image.Image, resolution: int) -> Image.Image:
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 
 
-def fit_to_multiple(image: Image.Image, multiple: int = 8) -> Image.Image:
-    """Center-crop to the largest size whose sides are multiples of `multiple` (keep-size mode).
-
-    The VAE downsamples by 8, so other sizes cannot round-trip. Returns `image` itself if it fits.
-    """
+def multiple_size(size: tuple[int, int], multiple: int = 8) -> tuple[int, int]:
+    """The size `fit_to_multiple` makes of an image of `size`: the largest with sides multiples of `multiple`."""
     if multiple < 1:
         raise ValueError(f"multiple must be positive, got {multiple}")
-    width, height = image.size
+    width, height = size
     if width < multiple or height < multiple:
         raise UserError(
             f"the {width}x{height} image is too small: both sides must be at least {multiple} pixels; "
             "give a larger image or let it be resized"
         )
-    size = (width // multiple * multiple, height // multiple * multiple)
-    if size == (width, height):
+    return width // multiple * multiple, height // multiple * multiple
+
+
+def fit_to_multiple(image: Image.Image, multiple: int = 8) -> Image.Image:
+    """Center-crop to `multiple_size` (keep-size mode). The VAE downsamples by 8, so other sizes
+    cannot round-trip. Returns `image` itself if it fits."""
+    size = multiple_size(image.size, multiple)
+    if size == image.size:
         return image
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 

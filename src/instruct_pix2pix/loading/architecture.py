@@ -10,17 +10,14 @@ comes from a base config folder, SD 1.5 InstructPix2Pix's by default; `--config`
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.loading.compvis import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX
-from instruct_pix2pix.loading.folder import read_json
+from instruct_pix2pix.loading.folder import read_json, temporary_config_dir
 
 Shapes = Mapping[str, tuple[int, ...]]
 HEAD_WIDTH = 64  # SD 2.x and CLIP text encoders: heads of 64 channels
@@ -144,8 +141,5 @@ def inferred_config_dir(shapes: Shapes, base_dir: Path, source: str) -> Iterator
             f"{source} has a text encoder of {configs['text_encoder']['vocab_size']} tokens and no tokenizer, and the "
             f"default tokenizer has {vocabulary}; give its diffusers config folder (with its tokenizer) with --config"
         )
-    with tempfile.TemporaryDirectory() as folder:
-        shutil.copytree(base_dir, folder, dirs_exist_ok=True)
-        for part, config in configs.items():
-            (Path(folder) / part / "config.json").write_text(json.dumps(config, indent=2))
-        yield Path(folder)
+    with temporary_config_dir({f"{part}/config.json": config for part, config in configs.items()}, base_dir) as folder:
+        yield folder

@@ -9,6 +9,7 @@ comes with a model is ever run.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,6 +144,23 @@ def build_from_configs(folder: Path) -> ModelBundle:
         text_encoder = text_class(transformers.AutoConfig.from_pretrained(folder / "text_encoder"))
     scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     return ModelBundle(unet, vae, text_encoder, load_tokenizer(folder), scheduler_config, str(folder))
+
+
+@contextmanager
+def temporary_config_dir(files: Mapping[str, str | dict], base: Path | None = None) -> Iterator[Path]:
+    """A temporary diffusers config folder: a copy of `base` (if any) with `files` written over it
+    (relative name -> text, or a value written as JSON)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        if base is not None:
+            shutil.copytree(base, folder, dirs_exist_ok=True)
+        for name, content in files.items():
+            target = Path(folder) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content if isinstance(content, str) else json.dumps(content, indent=2), encoding="utf-8")
+        yield Path(folder)
 
 
 @contextmanager

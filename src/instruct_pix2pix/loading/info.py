@@ -28,15 +28,15 @@ def describe(source: str | Path | None, *, config: str | Path | None = None) -> 
     elif where == "folder":
         check_weight_files(path)
     elif where == "file":
-        in_channels = conv_in_channels(path)
-        with config_folder(path, config, read_shapes(path)) as folder:
-            return {**describe_folder(folder, in_channels), "source": f"{source} ({SOURCE_NAMES[where]})"}
-    return {**describe_folder(path, in_channels, source), "source": f"{source} ({SOURCE_NAMES[where]})"}
+        shapes = read_shapes(path)  # the header only, for safetensors
+        in_channels = conv_in_channels(shapes, path)
+        with config_folder(path, config, shapes) as folder:
+            return {"source": f"{source} ({SOURCE_NAMES[where]})", **describe_folder(folder, in_channels)}
+    return {"source": f"{source} ({SOURCE_NAMES[where]})", **describe_folder(path, in_channels)}
 
 
-def describe_folder(path: Path, in_channels: int | None = None, source: str | Path = "") -> dict[str, str]:
+def describe_folder(path: Path, in_channels: int | None = None) -> dict[str, str]:
     """`describe` for a folder of configs; `in_channels` overrides the UNet config's (a single file's own)."""
-    source = source or path
     check_folder(path, weights=False, expected="a diffusers-format model")
     unet = read_json(path / "unet" / "config.json")
     vae = read_json(path / "vae" / "config.json")
@@ -51,7 +51,6 @@ def describe_folder(path: Path, in_channels: int | None = None, source: str | Pa
     editing = in_channels == 2 * latent_channels
     image_channels = in_channels - latent_channels
     return {
-        "source": str(source),
         "kind": "editing model (InstructPix2Pix)"
         if editing
         else f"not an editing model: its UNet takes {in_channels} channels",

@@ -18,7 +18,7 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.loading.architecture import inferred_config_dir
 from instruct_pix2pix.loading.bundle import EDITING, ModelBundle, check_unet_channels, vae_dtype
 from instruct_pix2pix.loading.compvis import CONFIGS_KEY, PREFIXES, UNET_CONV_IN, UNET_PREFIX, to_compvis_state_dict
-from instruct_pix2pix.loading.folder import check_folder, first_line, load_tokenizer, read_json
+from instruct_pix2pix.loading.folder import check_folder, first_line, load_tokenizer, read_json, temporary_config_dir
 
 SD15_CONFIG_DIR: Path = Path(__file__).resolve().parents[1] / "configs" / "sd15-instruct-pix2pix"
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
@@ -56,8 +56,9 @@ def config_folder(path: Path, config_dir, shapes) -> contextlib.AbstractContextM
     those its shapes tell (over the SD 1.5 InstructPix2Pix configuration)."""
     if config_dir is not None:
         return contextlib.nullcontext(Path(config_dir))
-    if carried_configs(path):
-        return carried_config_dir(path)
+    carried = carried_configs(path)
+    if carried:
+        return temporary_config_dir(carried)
     return inferred_config_dir(shapes, SD15_CONFIG_DIR, str(path))
 
 
@@ -119,20 +120,6 @@ def carried_configs(path: Path) -> dict | None:
         return None
 
 
-@contextlib.contextmanager
-def carried_config_dir(path: Path):
-    """A temporary diffusers config folder made from the configs `path` carries."""
-    import json
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        for name, content in carried_configs(path).items():
-            target = Path(folder) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
-        yield Path(folder)
-
-
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shapes of a checkpoint's model tensors, without reading the tensors (safetensors: the header)."""
     if path.suffix.lower() == ".safetensors":
@@ -147,18 +134,11 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(tensor.shape) for key, tensor in _read_state_dict(path).items()}
 
 
-def conv_in_channels(path: Path) -> int:
-    """conv_in's input channels, read from the file's header (safetensors) or a memory map (ckpt)."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                return f.get_slice(UNET_CONV_IN).get_shape()[1]
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return state.get("state_dict", state)[UNET_CONV_IN].shape[1]
-    except Exception:
-        raise UserError(f"{path} does not look like a Stable Diffusion checkpoint (no {UNET_CONV_IN})") from None
+def conv_in_channels(shapes: dict[str, tuple[int, ...]], path: Path) -> int:
+    """conv_in's input channels, from the checkpoint's shapes (see `read_shapes`)."""
+    if UNET_CONV_IN not in shapes or len(shapes[UNET_CONV_IN]) != 4:
+        raise UserError(f"{path} does not look like a Stable Diffusion checkpoint (no {UNET_CONV_IN})")
+    return shapes[UNET_CONV_IN][1]
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
