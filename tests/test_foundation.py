@@ -170,7 +170,7 @@ def test_training_and_editing_encode_prompts_alike_with_an_attention_mask(tiny_m
     editor = Editor(model, "cpu")
     from_editor = editor.encode_text(prompts)
     image = Image.new("RGB", (32, 32))
-    examples = [(EditExample(image, image, p), torch.Generator().manual_seed(0)) for p in prompts]
+    examples = [(EditExample(image, image, p), torch.Generator().manual_seed(0), "edited") for p in prompts]
     config = TrainConfig(output_dir="unused", train_data="unused", from_scratch="unused", resolution=32)
     from_trainer = encode_batch(examples, config, model.vae, model.text_encoder, model.tokenizer, "cpu")[3]
     assert torch.equal(from_editor, from_trainer)

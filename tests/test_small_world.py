@@ -54,8 +54,8 @@ def test_render_is_exact_and_draws_what_the_scene_says():
     image = np.asarray(render(SCENE), dtype=int)
     assert np.array_equal(image, np.asarray(render(SCENE)))
     assert image.shape == (64, 64, 3)
-    assert tuple(image[32, 32]) == (40, 80, 225)  # the blue square in the center cell
-    assert tuple(image[10, 10]) == (220, 40, 40)  # the red circle at the top left
+    assert tuple(image[32, 32]) == COLOURS["blue"]  # the blue square in the center cell
+    assert tuple(image[10, 10]) == COLOURS["red"]  # the red circle at the top left
     assert tuple(image[60, 60]) == (240, 240, 235)  # white background
     night = np.asarray(render(replace(SCENE, night=True)), dtype=int)
     assert night[32, 32, 2] > night[32, 32, 0] and night.mean() < image.mean() * 0.7
@@ -198,10 +198,12 @@ def test_evaluate_reports_every_kind_and_the_baseline():
     table = {(r.method, r.phrasing, r.kind): r for r in rows}
     assert table["perfect", "training", "all"].success == 1.0
     assert table["perfect", "held-out", "all"].success == 1.0
+    assert table["perfect", "training", "all"].read_right == 1.0  # the reader finds the asked-for scene
     assert table["unchanged input", "training", "all"].success == 0.0
+    assert table["unchanged input", "training", "all"].read_right == 0.0
     assert ("unchanged input", "held-out", "all") not in table  # wording cannot matter to it
     assert {r.kind for r in rows} == {*KINDS, "all"}
-    assert "| **all** | 100%" in format_table(rows)
+    assert "| **all** | 100%, 100%" in format_table(rows)
     assert len(outputs["perfect/training"]) == 2 * len(KINDS)
     echo = lambda inputs, instructions: list(inputs)  # noqa: E731  (not `unchanged`: that one skips held-out wording)
     rows, _ = evaluate({"echo": echo}, per_kind=1, kinds=("remove",), progress=False, phrasings=["held-out"])

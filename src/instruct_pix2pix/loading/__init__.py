@@ -30,7 +30,7 @@ _LAZY = {
     "ANY": "bundle", "EDITING": "bundle", "KINDS": "bundle", "TEXT_TO_IMAGE": "bundle", "ModelBundle": "bundle",
     "widen_conv_in": "bundle", "save_single_file": "compvis", "describe": "info",
     "build_from_configs": "folder", "load_folder": "folder", "no_torchvision_warnings": "folder",
-    "save_model": "folder", "transformers_class": "folder", "download": "hub",
+    "save_model": "folder", "transformers_class": "folder", "diffusers_pipeline": "folder", "download": "hub",
     "SD15_CONFIG_DIR": "single_file", "load_single_file": "single_file",
 }  # fmt: skip
 
@@ -91,6 +91,7 @@ __all__ = [
     "build_from_configs",
     "default_source",
     "describe",
+    "diffusers_pipeline",
     "load_model",
     "load_single_file",
     "no_torchvision_warnings",

@@ -177,31 +177,40 @@ def no_torchvision_warnings():
         transformers_logging.set_verbosity(verbosity)
 
 
+def diffusers_pipeline(model: ModelBundle, scheduler=None):
+    """diffusers' own pipeline over a bundle's parts (no copies): StableDiffusionInstructPix2PixPipeline
+    for an editing model, StableDiffusionPipeline for a text-to-image one. `scheduler` defaults to
+    the model's scheduler config's class (Euler ancestral when that is not a diffusers scheduler)."""
+    import diffusers
+
+    with no_torchvision_warnings():  # importing the pipeline imports transformers' image processors
+        from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+
+    if scheduler is None:
+        scheduler_class = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None)
+        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+            scheduler_class = diffusers.EulerAncestralDiscreteScheduler
+        scheduler = scheduler_class.from_config(model.scheduler_config)
+    pipeline_class = StableDiffusionInstructPix2PixPipeline if model.kind == "editing" else StableDiffusionPipeline
+    return pipeline_class(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def save_model(
     model: ModelBundle, folder: str | Path, *, extra_unets: dict[str, UNet2DConditionModel] | None = None
 ) -> None:
     """Write a diffusers-format folder (model_index.json and all) that diffusers' pipelines load too,
     atomically. `extra_unets` are saved beside it (e.g. "unet_non_ema"); pipelines ignore folders
     model_index.json does not name."""
-    import diffusers
-
-    with no_torchvision_warnings():  # importing the pipeline imports transformers' image processors
-        from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
-
-    scheduler_class = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None)
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        scheduler_class = diffusers.EulerAncestralDiscreteScheduler
-    pipeline_class = StableDiffusionInstructPix2PixPipeline if model.kind == "editing" else StableDiffusionPipeline
-    pipe = pipeline_class(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler_class.from_config(model.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = diffusers_pipeline(model)
     with atomic_folder(folder) as temporary:
         pipe.save_pretrained(temporary)
         for name, unet in (extra_unets or {}).items():

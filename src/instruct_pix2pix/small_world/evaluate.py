@@ -34,6 +34,7 @@ from PIL import Image
 from instruct_pix2pix.atomic import write_text
 from instruct_pix2pix.settings import EditSettings
 from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, make_edit, sample_edits
+from instruct_pix2pix.small_world.reader import read_scene
 from instruct_pix2pix.small_world.scenes import COLOURS, DEFAULT_SIZE, SHAPES, SIZES, Scene, render
 
 FLAT = 0.1  # a pixel is inside a shape or background when its 3x3 neighbourhood varies by less than this
@@ -211,6 +212,7 @@ class Row:
     l1: float
     psnr: float
     l1_outside: float
+    read_right: float = 0.0  # share of outputs that the scene reader reads as exactly the asked-for scene
 
 
 def evaluate(
@@ -251,15 +253,16 @@ def evaluate(
             for start in tqdm(range(0, len(edits), chunk), desc=f"{name}, {phrasing} phrasings", disable=not progress):
                 results += method(images[start : start + chunk], [e.instruction for e in edits[start : start + chunk]])
             scores = [score_edit(*case) for case in zip(results, befores, afters, others)]
+            read_right = [read_scene(image) == edit.after for image, edit in zip(results, edits)]
             outputs[f"{name}/{phrasing}"] = list(zip(edits, results))
-            by_kind: dict[str, list[EditScore]] = defaultdict(list)
-            for edit, score in zip(edits, scores):
-                by_kind[edit.kind].append(score)
+            by_kind: dict[str, list[tuple[EditScore, bool]]] = defaultdict(list)
+            for edit, score, read in zip(edits, scores, read_right):
+                by_kind[edit.kind].append((score, read))
             for kind in [*kinds, "all"]:
-                group = scores if kind == "all" else by_kind[kind]
+                group = list(zip(scores, read_right)) if kind == "all" else by_kind[kind]
                 fields = ("success", "l1", "psnr", "l1_outside")
-                means = [float(np.mean([getattr(s, f) for s in group])) for f in fields]
-                rows.append(Row(name, phrasing, kind, len(group), *means))
+                means = [float(np.mean([getattr(s, f) for s, _ in group])) for f in fields]
+                rows.append(Row(name, phrasing, kind, len(group), *means, float(np.mean([r for _, r in group]))))
     return rows, outputs
 
 
@@ -268,13 +271,16 @@ def format_table(rows: list[Row]) -> str:
     columns = list(dict.fromkeys((r.method, r.phrasing) for r in rows))
     cell = {(r.method, r.phrasing, r.kind): r for r in rows}
     kinds = list(dict.fromkeys(r.kind for r in rows))
-    head = "| kind | " + " | ".join(f"{m} ({p}): success, L1, PSNR, L1 kept" for m, p in columns) + " |"
+    head = "| kind | " + " | ".join(f"{m} ({p}): success, read right, L1, PSNR, L1 kept" for m, p in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     for kind in kinds:
         parts = []
         for m, p in columns:
             r = cell.get((m, p, kind))
-            parts.append("" if r is None else f"{100 * r.success:.0f}%, {r.l1:.3f}, {r.psnr:.1f}, {r.l1_outside:.3f}")
+            parts.append(
+                "" if r is None
+                else f"{100 * r.success:.0f}%, {100 * r.read_right:.0f}%, {r.l1:.3f}, {r.psnr:.1f}, {r.l1_outside:.3f}"
+            )  # fmt: skip
         label = f"**{kind}**" if kind == "all" else kind
         lines.append(f"| {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines)

@@ -14,26 +14,29 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-# Object colours: eight names a model must tell apart, also under the night tint.
+# Object colours: eight names a model must tell apart, also under the night tint, and in black and
+# white: their grey levels (Pillow's "L") differ by at least 12 from each other and by at least 8
+# from every background's, so a black-and-white scene still shows every object and its colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
+    "red": (220, 60, 40),
     "orange": (245, 145, 25),
     "yellow": (245, 220, 40),
-    "green": (35, 150, 55),
-    "blue": (40, 80, 225),
-    "purple": (135, 55, 185),
+    "green": (35, 175, 55),
+    "blue": (40, 45, 225),
+    "purple": (135, 50, 185),
     "pink": (250, 135, 195),
-    "brown": (125, 75, 35),
+    "brown": (125, 60, 35),
 }
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = ("small", "large")
 # Plain backgrounds are one colour; structured ones are two bands (top, bottom, where the top ends).
+# None is a pure grey, so a black-and-white picture always tells itself apart from a colour one.
 BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], float]] = {
     "white": ((240, 240, 235), (240, 240, 235), 1.0),
-    "gray": ((150, 150, 150), (150, 150, 150), 1.0),
-    "beige": ((225, 205, 165), (225, 205, 165), 1.0),
-    "grass": ((160, 205, 245), (125, 185, 95), 0.55),  # grass under a blue sky
-    "beach": ((235, 215, 160), (70, 150, 190), 0.6),  # sand at the top, the sea below
+    "gray": ((150, 150, 144), (150, 150, 144), 1.0),
+    "beige": ((225, 190, 165), (225, 190, 165), 1.0),
+    "grass": ((160, 205, 245), (125, 178, 95), 0.55),  # grass under a blue sky
+    "beach": ((235, 220, 160), (70, 150, 190), 0.6),  # sand at the top, the sea below
 }
 BACKGROUND_PHRASES = {
     "white": "on a white background",
@@ -142,6 +145,16 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, side: int, fill) -> None:
+    """Draw one object on a canvas `side` pixels wide (the renderer's, and the reader's masks)."""
+    row, col = thing.cell
+    cx, cy, r = (col + 0.5) * side / 3, (row + 0.5) * side / 3, RADIUS[thing.size] * side
+    if thing.shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(_shape_points(thing.shape, cx, cy, r), fill=fill)
+
+
 def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
     """Draw a scene exactly (the same scene always gives the same pixels)."""
     big = size * SUPERSAMPLE
@@ -150,12 +163,7 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, 0, big, round(big * split) - 1], fill=top)
     for thing in scene.things:
-        row, col = thing.cell
-        cx, cy, r = (col + 0.5) * big / 3, (row + 0.5) * big / 3, RADIUS[thing.size] * big
-        if thing.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[thing.colour])
-        else:
-            draw.polygon(_shape_points(thing.shape, cx, cy, r), fill=COLOURS[thing.colour])
+        draw_thing(draw, thing, big, COLOURS[thing.colour])
     image = image.resize((size, size), Image.Resampling.BOX)
     if scene.night:
         scale, tint = NIGHT

@@ -19,6 +19,7 @@ import yaml
 from instruct_pix2pix.errors import UserError
 
 # diffusers' get_scheduler names that need no more than warmup and total steps
+TASKS = ("edit", "text-to-image")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -37,7 +38,10 @@ class TrainConfig:
     random_flip: bool = True  # one shared random horizontal flip of the input and the edited image
     cache_latents: bool = False  # encode each example (VAE posterior, text) once and reuse it; needs augmentation off
     # --- objective ---
-    conditioning_dropout_prob: float = 0.05  # p: 5% text dropped, 5% both, 5% image (at 0.05)
+    task: str = "edit"  # "edit" (InstructPix2Pix) or "text-to-image" (train_text_to_image.py: image from caption)
+    conditioning_dropout_prob: float = 0.05  # edit: p: 5% text dropped, 5% both, 5% image (at 0.05)
+    proportion_empty_prompts: float = 0.0  # text-to-image: share of captions replaced by "" (for guidance)
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is diffusers' suggestion); none: plain MSE
     # --- optimisation ---
     output_dir: str = "runs/ip2p"  # checkpoints, metrics.jsonl, validation/ and the final model/
     max_train_steps: int = 1000  # optimizer steps
@@ -62,7 +66,7 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     overwrite_output_dir: bool = False  # train into an output_dir that holds another run's files, replacing them
     validation_steps: int = 0  # save a grid of validation edits every this many steps (and at the end); 0: none
-    validation_prompts: list[str] = field(default_factory=list)  # the instructions of the grid's columns
+    validation_prompts: list[str] = field(default_factory=list)  # the grid's columns: instructions (or captions)
     validation_images: list[str] = field(
         default_factory=list
     )  # the grid's input images (default: the first 4 training inputs)
@@ -92,6 +96,12 @@ class TrainConfig:
                 raise UserError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.adam_weight_decay < 0 or self.lr_warmup_steps < 0:
             raise UserError("adam_weight_decay and lr_warmup_steps cannot be negative")
+        if self.task not in TASKS:
+            raise UserError(f"task must be {' or '.join(TASKS)}, not {self.task!r}")
+        if not 0 <= self.proportion_empty_prompts <= 1:
+            raise UserError(f"proportion_empty_prompts must be in [0, 1], not {self.proportion_empty_prompts}")
+        if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise UserError(f"snr_gamma must be a positive number (or none), not {self.snr_gamma}")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
         if self.lr_scheduler not in LR_SCHEDULERS:

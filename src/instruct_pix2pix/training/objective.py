@@ -1,4 +1,6 @@
-"""The InstructPix2Pix training objective, exactly as the reference trains it.
+"""The training objectives, exactly as the reference scripts train them.
+
+Editing (InstructPix2Pix, diffusers' train_instruct_pix2pix.py):
 
     target latent z      = VAE posterior *sample* x scaling factor (what the sampler must produce)
     conditioning latent  = VAE posterior *mode*, unscaled (what the editor feeds at sampling time)
@@ -7,6 +9,13 @@
 Conditioning dropout, r ~ U[0, 1) per sample, p = conditioning_dropout_prob:
     r < 2p        -> text replaced by the empty string's encoding   (5% text only, 5% both)
     p <= r < 3p   -> image latent zeroed                             (5% both, 5% image only)
+
+Text to image (diffusers' train_text_to_image.py): loss = || unet(noisy z, t, c_T) - target ||^2,
+with the caption replaced by the empty string when r < proportion_empty_prompts, so that
+classifier-free guidance has an unconditional model to push away from.
+
+Both take diffusers' min-SNR-gamma weighting (`snr_gamma`, Hang et al. 2023): each sample's loss
+is weighted by min(SNR(t), gamma) / SNR(t) for epsilon targets, / (SNR(t) + 1) for v targets.
 """
 
 from __future__ import annotations
@@ -31,11 +40,40 @@ def training_loss(
     timesteps: torch.Tensor,
     r: torch.Tensor,  # U[0,1) per sample, for conditioning dropout
     conditioning_dropout_prob: float,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
+    """The editing objective."""
     drop_text, drop_image = dropout_masks(r, conditioning_dropout_prob)
     text_embeds = torch.where(drop_text[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
     image_latents = image_latents * (~drop_image).to(image_latents.dtype)[:, None, None, None]
+    return denoising_loss(
+        unet, noise_scheduler, target_latents, noise, timesteps, text_embeds, image_latents, snr_gamma
+    )
 
+
+def text_to_image_loss(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    target_latents: torch.Tensor,  # posterior sample x scaling factor, (B, 4, h, w)
+    text_embeds: torch.Tensor,  # (B, L, D): the captions' encodings
+    null_text_embeds: torch.Tensor,  # (1, L, D)
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    r: torch.Tensor,  # U[0,1) per sample: the caption is dropped when r < proportion_empty_prompts
+    proportion_empty_prompts: float,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """The text-to-image objective."""
+    drop_text = r < proportion_empty_prompts
+    text_embeds = torch.where(drop_text[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
+    return denoising_loss(unet, noise_scheduler, target_latents, noise, timesteps, text_embeds, None, snr_gamma)
+
+
+def denoising_loss(
+    unet, noise_scheduler, target_latents, noise, timesteps, text_embeds, image_latents=None, snr_gamma=None
+) -> torch.Tensor:
+    """The diffusion loss both objectives share: image latents, when given, are concatenated to the
+    noisy latents as extra input channels."""
     noisy = noise_scheduler.add_noise(target_latents, noise, timesteps)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -44,6 +82,13 @@ def training_loss(
         target = noise_scheduler.get_velocity(target_latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    model_input = torch.cat([noisy, image_latents.to(noisy.dtype)], dim=1)
+    model_input = noisy if image_latents is None else torch.cat([noisy, image_latents.to(noisy.dtype)], dim=1)
     prediction = unet(model_input, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_sample * weights).mean()

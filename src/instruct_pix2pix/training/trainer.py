@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 from instruct_pix2pix.atomic import write_json
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import to_tensor
-from instruct_pix2pix.loading import ANY, ModelBundle, build_from_configs, load_model, save_model, widen_conv_in
+from instruct_pix2pix.loading import (
+    ANY,
+    TEXT_TO_IMAGE,
+    ModelBundle,
+    build_from_configs,
+    load_model,
+    save_model,
+    widen_conv_in,
+)
 from instruct_pix2pix.loading.bundle import check_unet_channels
 from instruct_pix2pix.prompts import encode_prompts
 from instruct_pix2pix.training.checkpoints import (
@@ -40,37 +48,42 @@ from instruct_pix2pix.training.checkpoints import (
     save_checkpoint,
 )
 from instruct_pix2pix.training.config import TrainConfig
-from instruct_pix2pix.training.objective import training_loss
+from instruct_pix2pix.training.objective import text_to_image_loss, training_loss
 from instruct_pix2pix.training.validation import save_validation_grid, validation_inputs
 
 
 def load_parts(config: TrainConfig) -> ModelBundle:
-    """The model to train: an editing or text-to-image model (conv_in widened), or new from configs."""
+    """The model to train. Editing: an editing or text-to-image model (conv_in widened), or new from
+    configs. Text to image: a text-to-image model, or new from configs."""
+    editing = config.task == "edit"
+    kind = ANY if editing else TEXT_TO_IMAGE
     if config.pretrained_model_name_or_path:
-        return load_model(config.pretrained_model_name_or_path, kind=ANY, widen=True, config=config.pretrained_config)
+        source, single_file_config = config.pretrained_model_name_or_path, config.pretrained_config
+        return load_model(source, kind=kind, widen=editing, config=single_file_config)
     model = build_from_configs(Path(config.from_scratch))
     latent_channels = model.vae.config.latent_channels
-    check_unet_channels(model.unet.config.in_channels, latent_channels, ANY, config.from_scratch)
-    widen_conv_in(model.unet, 2 * latent_channels)
+    check_unet_channels(model.unet.config.in_channels, latent_channels, kind, config.from_scratch)
+    if editing:
+        widen_conv_in(model.unet, 2 * latent_channels)
     return model
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
-def augment_pair(input_image: Image.Image, edited_image: Image.Image, config: TrainConfig, generator: torch.Generator):
-    """The reference's augmentation: both images resized to one random square size, then one shared
-    random crop and one shared random flip. Without augmentation nothing is drawn (so cached
-    examples draw their noise exactly as uncached ones do) and the pair is just resized."""
+def augment(images: list[Image.Image], config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """The reference's augmentation: the images (an edit's two) resized to one random square size,
+    then one shared random crop and one shared random flip. Without augmentation nothing is drawn
+    (so cached examples draw their noise exactly as uncached ones do) and they are just resized."""
     size, top, left = config.resolution, 0, 0
     if (config.max_resize_resolution or config.resolution) > config.resolution:
         size = int(torch.randint(config.resolution, config.max_resize_resolution + 1, (), generator=generator))
         top, left = (int(torch.randint(0, size - config.resolution + 1, (), generator=generator)) for _ in range(2))
-    pair = to_tensor([image.resize((size, size), Image.Resampling.LANCZOS) for image in (input_image, edited_image)])
-    pair = pair[:, :, top : top + config.resolution, left : left + config.resolution]
+    pixels = to_tensor([image.resize((size, size), Image.Resampling.LANCZOS) for image in images])
+    pixels = pixels[:, :, top : top + config.resolution, left : left + config.resolution]
     if config.random_flip and torch.rand((), generator=generator) < 0.5:
-        pair = pair.flip(-1)
-    return pair[0], pair[1]
+        pixels = pixels.flip(-1)
+    return pixels
 
 
 def example_generator(seed: int, epoch: int, global_index: int) -> torch.Generator:
@@ -98,6 +111,31 @@ def batches(dataset, config: TrainConfig, state: dict, rank: int, world_size: in
             )
         state["epoch"] += 1  # an incomplete last batch is dropped, as with drop_last
         state["position"] = 0
+
+
+def pick_side(config: TrainConfig, generator: torch.Generator) -> str:
+    """Which image of an example trains: editing trains the edited one; text to image draws one of
+    the two (both are pictures with a caption: a dataset of edits is a text-to-image dataset twice
+    over) from the example's generator, for every example, cached or not, so the draws that follow
+    are the same either way."""
+    if config.task == "edit":
+        return "edited"
+    return "input" if torch.rand((), generator=generator) < 0.5 else "edited"
+
+
+def training_sample(example, side: str, config: TrainConfig, generator: torch.Generator):
+    """(target image, conditioning image or None, text) of one example: for editing the edited image,
+    conditioned on the input image and the instruction; for text to image one image and its caption."""
+    if config.task == "edit":
+        source, target = augment([example.input_image, example.edited_image], config, generator)
+        return target, source, example.instruction
+    caption = getattr(example, f"{side}_caption")
+    if not caption:
+        raise UserError(
+            f"text-to-image training needs captions, and {example.key} has no {side} caption: give a dataset "
+            "with input and edited captions (map their columns with data_columns)"
+        )
+    return augment([getattr(example, f"{side}_image")], config, generator)[0], None, caption
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -260,36 +298,43 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
 
 
 @torch.no_grad()
-def encode_batch(examples, config, vae, text_encoder, tokenizer, device):
-    """What the frozen parts make of a batch: the edited image's posterior (mean, std), the input
-    image's posterior mode, and the instruction's encoding."""
-    pairs = [augment_pair(e.input_image, e.edited_image, config, g) for e, g in examples]
-    posterior = vae.encode(torch.stack([p[1] for p in pairs]).to(device)).latent_dist
-    image_latents = vae.encode(torch.stack([p[0] for p in pairs]).to(device)).latent_dist.mode()
-    text_embeds = encode_prompts(tokenizer, text_encoder, [e.instruction for e, _ in examples], device)
+def encode_batch(samples, config, vae, text_encoder, tokenizer, device):
+    """What the frozen parts make of a batch of (example, generator, side): the target image's
+    posterior (mean, std), the conditioning image's posterior mode (editing; None for text to
+    image), and the text's encoding."""
+    targets, sources, texts = zip(*(training_sample(e, side, config, g) for e, g, side in samples))
+    posterior = vae.encode(torch.stack(targets).to(device)).latent_dist
+    image_latents = None
+    if sources[0] is not None:
+        image_latents = vae.encode(torch.stack(sources).to(device)).latent_dist.mode()
+    text_embeds = encode_prompts(tokenizer, text_encoder, list(texts), device)
     return posterior.mean, posterior.std, image_latents, text_embeds
 
 
-def encode_cached(examples, config, vae, text_encoder, tokenizer, device, cache: dict):
-    """encode_batch, each example encoded once (in CPU memory, by its key): without augmentation an
-    example looks the same every epoch. The posterior's parameters are kept, not a sample, so the
-    target is still a fresh sample each time."""
-    missing = [(e, g) for e, g in examples if e.key not in cache]
+def encode_cached(samples, config, vae, text_encoder, tokenizer, device, cache: dict):
+    """encode_batch, each (example, side) encoded once (in CPU memory, by its key): without
+    augmentation an example looks the same every epoch. The posterior's parameters are kept, not a
+    sample, so the target is still a fresh sample each time."""
+    keys = [f"{e.key}/{side}" for e, _, side in samples]
+    missing = {key: sample for key, sample in zip(keys, samples) if key not in cache}
     if missing:
-        for (e, _), *encoded in zip(missing, *encode_batch(missing, config, vae, text_encoder, tokenizer, device)):
-            cache[e.key] = [t.to("cpu", copy=True) for t in encoded]
-    return [torch.stack(column).to(device) for column in zip(*(cache[e.key] for e, _ in examples))]
+        encoded = encode_batch(list(missing.values()), config, vae, text_encoder, tokenizer, device)
+        for i, key in enumerate(missing):
+            cache[key] = [None if t is None else t[i].to("cpu", copy=True) for t in encoded]
+    columns = zip(*(cache[key] for key in keys))
+    return [None if column[0] is None else torch.stack(column).to(device) for column in columns]
 
 
 def batch_loss(
     examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device, cache=None
 ):
     """The loss of a batch of (example, generator) pairs; each example draws only from its own generator."""
+    samples = [(e, g, pick_side(config, g)) for e, g in examples]
     if cache is None:
-        mean, std, image_latents, text_embeds = encode_batch(examples, config, vae, text_encoder, tokenizer, device)
+        mean, std, image_latents, text_embeds = encode_batch(samples, config, vae, text_encoder, tokenizer, device)
     else:
         mean, std, image_latents, text_embeds = encode_cached(
-            examples, config, vae, text_encoder, tokenizer, device, cache
+            samples, config, vae, text_encoder, tokenizer, device, cache
         )
     shape = mean.shape[1:]
     draws = [
@@ -304,15 +349,13 @@ def batch_loss(
     sample_eps, noise, timesteps, r = (torch.stack(column).to(device) for column in zip(*draws))
     # z = mean + std * eps: the posterior sample, drawn from our generators (the same on every device)
     target_latents = (mean + std * sample_eps.to(mean)) * vae.config.scaling_factor
+    noise = noise.to(target_latents)
+    if image_latents is None:
+        return text_to_image_loss(
+            unet, noise_scheduler, target_latents, text_embeds, null_text_embeds, noise, timesteps, r,
+            config.proportion_empty_prompts, config.snr_gamma,
+        )  # fmt: skip
     return training_loss(
-        unet,
-        noise_scheduler,
-        target_latents,
-        image_latents,
-        text_embeds,
-        null_text_embeds,
-        noise.to(target_latents),
-        timesteps,
-        r,
-        config.conditioning_dropout_prob,
-    )
+        unet, noise_scheduler, target_latents, image_latents, text_embeds, null_text_embeds, noise, timesteps, r,
+        config.conditioning_dropout_prob, config.snr_gamma,
+    )  # fmt: skip

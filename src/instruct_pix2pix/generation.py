@@ -1,0 +1,44 @@
+"""Pictures from captions with a text-to-image model: diffusers' StableDiffusionPipeline over the
+project's model bundle, with the sampler chosen by name as for editing. Used by the trainer's
+validation grids and the small world's measure of its text-to-image model."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from instruct_pix2pix.editing import evaluating
+from instruct_pix2pix.loading import ModelBundle, diffusers_pipeline
+from instruct_pix2pix.settings import make_scheduler
+
+
+@torch.no_grad()
+def generate(
+    model: ModelBundle,
+    captions: list[str],
+    *,
+    seeds: list[int],
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    scheduler: str = "euler_ancestral",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> list[Image.Image]:
+    """One picture per caption, picture i from its own generator seeded with seeds[i] (so a picture
+    is the same made alone or in any batch, up to the order of floating-point sums)."""
+    if len(seeds) != len(captions):
+        raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+    pipe = diffusers_pipeline(model, make_scheduler(scheduler, model.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    images: list[Image.Image] = []
+    with evaluating(model.unet, model.vae, model.text_encoder):
+        for start in range(0, len(captions), batch_size):
+            chunk = slice(start, start + batch_size)
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
+            size = model.default_resolution
+            images += pipe(
+                captions[chunk], height=size, width=size, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, generator=generators,
+            ).images  # fmt: skip
+    return images

@@ -1,0 +1,172 @@
+"""Text-to-image training (`task: text-to-image`): diffusers' train_text_to_image.py objective, the
+trainer's checkpoints, exact resume, cache and validation grids, and a model StableDiffusionPipeline
+loads and samples exactly as our generation does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SD15_SCHEDULER_CONFIG, scene, tiny_parts
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.training_utils import compute_snr
+from PIL import Image
+
+from instruct_pix2pix.data import EditExample, write_reference_folder
+from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.training import load_config, train
+from instruct_pix2pix.training.objective import text_to_image_loss
+
+
+def diffusers_text_to_image_loss(parts, images, input_ids, noise, timesteps, scheduler, sample_eps, snr_gamma):
+    """examples/text_to_image/train_text_to_image.py's loss, step by step as the script computes it
+    (captions already replaced by "" where --proportion_empty_prompts dropped them)."""
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+    posterior = vae.encode(images).latent_dist
+    latents = (posterior.mean + posterior.std * sample_eps) * vae.config.scaling_factor  # latent_dist.sample()
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+    if snr_gamma is None:
+        return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    snr = compute_snr(scheduler, timesteps)
+    mse_loss_weights = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    if scheduler.config.prediction_type == "epsilon":
+        mse_loss_weights = mse_loss_weights / snr
+    else:
+        mse_loss_weights = mse_loss_weights / (snr + 1)
+    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    return (loss.mean(dim=list(range(1, len(loss.shape)))) * mse_loss_weights).mean()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_loss_equals_diffusers_text_to_image_recipe(prediction_type, snr_gamma):
+    parts = tiny_parts(in_channels=4)
+    scheduler = DDPMScheduler.from_config({**SD15_SCHEDULER_CONFIG, "prediction_type": prediction_type})
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
+    captions = ["a red scene", "a scene", "a blue sky", "a painting"]
+    r = torch.tensor([0.05, 0.5, 0.9, 0.02])  # proportion 0.1: the first and last captions are dropped
+    kept = [c if p >= 0.1 else "" for c, p in zip(captions, r)]
+
+    def ids(texts):
+        return parts["tokenizer"](texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+    noise, sample_eps = torch.randn(4, 4, 32, 32, generator=g), torch.randn(4, 4, 32, 32, generator=g)
+    timesteps = torch.tensor([10, 300, 600, 999])
+    with torch.no_grad():
+        expected = diffusers_text_to_image_loss(
+            parts, images, ids(kept), noise, timesteps, scheduler, sample_eps, snr_gamma
+        )
+        posterior = parts["vae"].encode(images).latent_dist
+        latents = (posterior.mean + posterior.std * sample_eps) * parts["vae"].config.scaling_factor
+        text = parts["text_encoder"](ids(captions))[0]
+        null = parts["text_encoder"](ids([""]))[0]
+        ours = text_to_image_loss(parts["unet"], scheduler, latents, text, null, noise, timesteps, r, 0.1, snr_gamma)
+        undropped = text_to_image_loss(parts["unet"], scheduler, latents, text, null, noise, timesteps, r, 0.0)
+    assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-7), (ours, expected)
+    assert not torch.allclose(undropped, expected)  # dropping the captions matters
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("captioned")
+    examples = [
+        EditExample(scene(32, 32, seed), scene(32, 32, seed + 100), "make it other", f"scene {seed}", f"other {seed}")
+        for seed in range(12)
+    ]
+    write_reference_folder(examples, folder)
+    return folder
+
+
+def t2i_settings(model_dir, dataset, output_dir, **more) -> list[str]:
+    values = dict(
+        task="text-to-image",
+        pretrained_model_name_or_path=model_dir,
+        train_data=dataset,
+        output_dir=output_dir,
+        resolution=32,
+        random_flip=False,
+        proportion_empty_prompts=0.3,
+        max_train_steps=4,
+        train_batch_size=2,
+        checkpointing_steps=2,
+        learning_rate=1e-3,
+        use_ema=True,
+        ema_decay=0.9,
+        seed=1,
+    )
+    values.update(more)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def losses(output_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_text_to_image_run_resumes_exactly_caches_alike_and_makes_a_model_diffusers_samples(
+    text_to_image_model_dir, captioned, tmp_path
+):
+    from instruct_pix2pix.generation import generate
+    from instruct_pix2pix.loading import load_model
+
+    whole = tmp_path / "whole"
+    final = train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, whole)), show_progress=False)
+    # stopped after 2 steps (at its checkpoint), then resumed: the same four losses
+    half = tmp_path / "half"
+    train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, half, max_train_steps=2)),
+          show_progress=False)  # fmt: skip
+    (half / "model").rename(tmp_path / "half-model")
+    resume = t2i_settings(text_to_image_model_dir, captioned, half, resume_from_checkpoint="latest")
+    train(load_config(None, resume), show_progress=False)
+    assert losses(half) == losses(whole) and len(losses(whole)) == 4
+    # each example encoded once: the same losses (the image each example trains is drawn either way)
+    cached = tmp_path / "cached"
+    train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, cached, cache_latents=True)),
+          show_progress=False)  # fmt: skip
+    assert np.allclose(losses(cached), losses(whole), rtol=1e-5, atol=0)
+
+    model = load_model(final, kind="text-to-image")
+    assert model.kind == "text-to-image" and model.unet.config.in_channels == 4
+    ours = generate(model, ["scene 3"], seeds=[7], num_inference_steps=3, scheduler="euler_ancestral")[0]
+    pipe = StableDiffusionPipeline.from_pretrained(final, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    theirs = pipe("scene 3", num_inference_steps=3, generator=[torch.Generator().manual_seed(7)], height=64,
+                  width=64).images[0]  # fmt: skip
+    assert np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int)).max() <= 1
+    with pytest.raises(UserError, match="text-to-image"):
+        load_model(final, kind="editing")
+
+
+def test_text_to_image_validation_grid(text_to_image_model_dir, captioned, tmp_path):
+    out = tmp_path / "run"
+    more = dict(max_train_steps=2, validation_steps=2, validation_prompts="['scene 1', 'other 2']",
+                validation_inference_steps=2)  # fmt: skip
+    train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, out, **more)), show_progress=False)
+    grid = Image.open(out / "validation" / "step-000002.png")
+    assert json.loads(grid.text["prompts"]) == ["scene 1", "other 2"]
+    pixels = np.asarray(grid.convert("RGB")).astype(int)
+    assert pixels.shape[1] >= 2 * 128 and pixels.shape[0] >= 4 * 128  # two captions, four seeds
+
+
+def test_text_to_image_needs_captions_and_a_text_to_image_model(text_to_image_model_dir, tiny_model_dir, tmp_path):
+    bare = tmp_path / "bare"
+    write_reference_folder([EditExample(scene(32, 32, s), scene(32, 32, s + 1), "edit it") for s in range(6)], bare)
+    with pytest.raises(UserError, match="needs captions"):
+        train(load_config(None, t2i_settings(text_to_image_model_dir, bare, tmp_path / "a")), show_progress=False)
+    with pytest.raises(UserError, match="editing"):
+        train(load_config(None, t2i_settings(tiny_model_dir, bare, tmp_path / "b")), show_progress=False)
+    with pytest.raises(UserError, match="task must be"):
+        load_config(None, t2i_settings(text_to_image_model_dir, bare, tmp_path / "c", task="inpaint"))
