@@ -170,3 +170,72 @@ def test_text_to_image_needs_captions_and_a_text_to_image_model(text_to_image_mo
         train(load_config(None, t2i_settings(tiny_model_dir, bare, tmp_path / "b")), show_progress=False)
     with pytest.raises(UserError, match="task must be"):
         load_config(None, t2i_settings(text_to_image_model_dir, bare, tmp_path / "c", task="inpaint"))
+
+
+def test_world_evaluation_of_a_text_to_image_model_reads_back_what_it_drew(monkeypatch):
+    """The measure itself: a model that draws each caption's scene exactly scores 100% on every field;
+    one that draws every object as a square loses the shape field, and only it."""
+    from dataclasses import replace
+
+    from instruct_pix2pix import generation
+    from instruct_pix2pix.small_world import evaluate as world
+    from instruct_pix2pix.small_world.scenes import caption, render
+
+    scenes = world.held_out_scenes(30)
+    by_caption = {caption(s): s for s in scenes}
+
+    def drawing(change):
+        return lambda model, captions, **_: [render(change(by_caption[c])) for c in captions]
+
+    monkeypatch.setattr(generation, "generate", drawing(lambda s: s))
+    results, triples = world.evaluate_text_to_image(None, count=30, progress=False)
+    assert results["exact"] == 1.0 and set(results["fields"].values()) == {1.0}
+    assert [scene for scene, _, _ in triples] == scenes
+
+    squares = drawing(lambda s: replace(s, things=tuple(replace(t, shape="square") for t in s.things)))
+    monkeypatch.setattr(generation, "generate", squares)
+    results, _ = world.evaluate_text_to_image(None, count=30, progress=False)
+    with_other_shapes = sum(any(t.shape != "square" for t in s.things) for s in scenes) / len(scenes)
+    assert results["fields"]["shape"] == pytest.approx(1 - with_other_shapes)
+    assert results["exact"] == results["fields"]["shape"] < 1
+    assert all(results["fields"][f] == 1.0 for f in ("colour", "size", "position", "background"))
+
+
+def test_world_evaluate_command_on_a_text_to_image_model(text_to_image_model_dir, tmp_path):
+    from instruct_pix2pix.cli import main
+    from instruct_pix2pix.images import read_metadata
+
+    out = tmp_path / "eval"
+    args = ["world", "evaluate", "--model", str(text_to_image_model_dir), "-o", str(out), "--captions", "3",
+            "--steps", "2", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["captions"] == 3 and 0 <= results["exact"] <= 1 and set(results["fields"]) >= {"shape", "colour"}
+    assert "read exactly right" in (out / "table.md").read_text()
+    command = read_metadata(out / "examples.png")["ip2p-command"]
+    assert "--captions 3" in command and str(text_to_image_model_dir) in command
+
+
+def test_the_recipe_assembles_a_text_to_image_start_and_its_configs_chain(tmp_path):
+    """The recipe's from_scratch folder is a text-to-image model's (4 channels, captions' 77 tokens,
+    CLIP's text weights), and the editor's config starts from the text-to-image stage's model."""
+    from transformers import CLIPModel
+
+    from instruct_pix2pix.loading import DEFAULT_MODEL, build_from_configs
+    from instruct_pix2pix.small_world.evaluate import held_out_scenes
+    from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, assemble_scratch
+    from instruct_pix2pix.small_world.scenes import caption
+
+    folder = assemble_scratch(DEFAULT_CLIP, DEFAULT_MODEL / "vae", tmp_path / "scratch")
+    model = build_from_configs(folder)
+    assert model.kind == "text-to-image" and model.tokenizer.model_max_length == 77
+    longest = max((caption(s) for s in held_out_scenes(200)), key=len)
+    assert len(model.tokenizer(longest).input_ids) <= 77
+    clip = CLIPModel.from_pretrained(DEFAULT_CLIP).text_model.state_dict()
+    assert all(torch.equal(v.float(), clip[k].float()) for k, v in model.text_encoder.state_dict().items())
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    t2i = load_config(root / "small-world-t2i.yaml")
+    editor = load_config(root / "small-world.yaml")
+    assert (t2i.task, t2i.proportion_empty_prompts) == ("text-to-image", 0.1)
+    assert editor.task == "edit" and editor.pretrained_model_name_or_path == f"{t2i.output_dir}/model"

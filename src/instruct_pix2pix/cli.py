@@ -158,15 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="which sample scene (default: 0)")
     EditSettings.add_options(demo, small_world_settings)
     evaluate = actions.add_parser(
-        "evaluate", help="edit held-out scenes and score every edit kind against ground truth"
+        "evaluate",
+        help="edit held-out scenes and score every edit kind against ground truth (a text-to-image model: "
+        "draw held-out captions and read the pictures back)",
     )
     evaluate.add_argument("-o", "--output", default="world-evaluation", help="folder for the JSON, table and figure")
     add_model_options(evaluate)
     evaluate.add_argument("--per-kind", type=positive_int, default=40, help="held-out edits of each kind (default: 40)")
+    evaluate.add_argument(
+        "--captions", type=positive_int, default=200, help="a text-to-image model: held-out captions to draw (200)"
+    )
     EditSettings.add_options(evaluate, small_world_settings)
     recipe = actions.add_parser(
         "train-default",
-        help="retrain the shipped default model from nothing (data, CLIP, VAE, UNet)",
+        help="retrain the shipped default models from nothing (data, CLIP, VAE, text to image, editor)",
         description="Run the recipe of the shipped default model; every stage resumes.",
     )
     recipe.add_argument(
@@ -175,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--edits", type=positive_int, default=None, help="training edits to generate (default: the recipe's)"
     )
-    recipe.add_argument("--steps", type=positive_int, default=None, help="UNet training steps (default: the config's)")
+    recipe.add_argument(
+        "--steps", type=positive_int, default=None, help="the editor's training steps (default: the config's)"
+    )
+    recipe.add_argument(
+        "--text-to-image-steps", type=positive_int, default=None, help="the text-to-image model's (default: its own)"
+    )
+    recipe.add_argument(
+        "--from-scratch", action="store_true", help="train the editor from scratch, without the text-to-image model"
+    )
     recipe.add_argument("--no-package", action="store_true", help="leave the shipped model in the package alone")
     pretrain = actions.add_parser("pretrain", help="train the small world's CLIP or VAE (resumes from its checkpoint)")
     pretrain.add_argument("part", choices=("clip", "vae"))
@@ -437,7 +450,8 @@ def run_world(args) -> None:
         from instruct_pix2pix.small_world.recipe import TRAINING_EDITS, run_recipe
 
         edits = args.edits or TRAINING_EDITS
-        print(run_recipe(Path(args.work), edits=edits, steps=args.steps, package_model=not args.no_package))
+        print(run_recipe(Path(args.work), edits=edits, steps=args.steps, text_to_image_steps=args.text_to_image_steps,
+                         from_scratch=args.from_scratch, package_model=not args.no_package))  # fmt: skip
     elif args.world_command == "pretrain":
         run_pretrain(args)
     else:
@@ -446,8 +460,22 @@ def run_world(args) -> None:
         from instruct_pix2pix import Editor
         from instruct_pix2pix.settings import EditSettings
 
-        editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
         settings = EditSettings.from_args(args)
+        if args.world_command == "evaluate":
+            from instruct_pix2pix.editing import pick_device
+            from instruct_pix2pix.loading import ANY, load_model
+            from instruct_pix2pix.prompts import closed_vocabulary_check
+
+            model, device = load_model(args.model, kind=ANY, config=args.config), pick_device(args.device)
+            if model.kind == "text-to-image":  # the world's Stable Diffusion: draw captions, read them back
+                from instruct_pix2pix.small_world.evaluate import run_text_to_image_evaluation
+
+                print(run_text_to_image_evaluation(model, Path(args.output), settings, count=args.captions,
+                                                   device=device))  # fmt: skip
+                return
+            editor = Editor(model, device, prompt_check=closed_vocabulary_check(model.about))
+        else:
+            editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
         if args.world_command == "demo":
             from instruct_pix2pix.images import save_png
             from instruct_pix2pix.small_world.evaluate import demo_metadata, demo_sheet

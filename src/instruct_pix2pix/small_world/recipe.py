@@ -2,16 +2,19 @@
 
     ip2p world train-default [--work DIR]   (= make train-default; in code: run_recipe(work))
 
-1. data      write the training edits (parquet, the released dataset's schema)
-2. clip      train the small CLIP (its text encoder becomes the editing model's)
+1. data      write the training edits (parquet, the released dataset's schema, with both captions)
+2. clip      train the small CLIP (its text encoder becomes the models')
 3. vae       train the small VAE
-4. scratch   assemble a diffusers folder: trained VAE and text encoder, UNet and scheduler configs
-5. unet      `ip2p train configs/small-world.yaml` (the paper's objective and conditioning dropout)
-6. package   the trained model in float16 where that loses nothing measurable, into the package
-7. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
+4. scratch   assemble a diffusers folder: trained VAE and text encoder, UNet (4 channels) and scheduler configs
+5. t2i       `ip2p train configs/small-world-t2i.yaml`: the world's Stable Diffusion, from captions
+6. unet      `ip2p train configs/small-world.yaml`: the editor, fine-tuned from the text-to-image
+             model as in the paper (conv_in widened 4 -> 8, the new channels zero), with the paper's
+             objective and conditioning dropout
+7. package   both models in float16 where that loses nothing measurable, into the package
+8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
 
 Each stage leaves its result under the work folder and is skipped when that result is there, and
-the long ones (CLIP, VAE, UNet) checkpoint as they go: a killed run picks up where it stopped.
+the long ones (CLIP, VAE, the two UNets) checkpoint as they go: a killed run picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from instruct_pix2pix.loading import DEFAULT_MODEL  # the shipped editing model 
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_CLIP = PACKAGE / "clip"  # the shipped small CLIP (for scores and metrics)
-MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default model
-INSTRUCTION_TOKENS = 20  # the editing tokenizer's length: the longest instruction is 13 tokens
+DEFAULT_TEXT_TO_IMAGE = PACKAGE / "text_to_image"  # the shipped text-to-image model (diffusers layout)
+MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default models
+TEXT_TOKENS = 77  # the tokenizer's length, CLIP's: the longest caption is 68 tokens, an instruction 13
 TRAINING_EDITS = 10_000
 CLIP_FILES = (
     "tokenizer.json",
@@ -49,7 +53,8 @@ def _done(path: Path, stage: str) -> bool:
 
 
 def assemble_scratch(clip_dir: Path, vae_dir: Path, output: Path) -> Path:
-    """A from_scratch folder for the trainer: the frozen parts with weights, the UNet as a config."""
+    """A from_scratch folder for the trainer: the frozen parts with weights, the UNet as a config (a
+    text-to-image UNet, 4 input channels; the editor's trainer widens it to 8)."""
     from transformers import CLIPModel, CLIPTextModel
 
     from instruct_pix2pix.small_world.edits import vocabulary
@@ -58,7 +63,7 @@ def assemble_scratch(clip_dir: Path, vae_dir: Path, output: Path) -> Path:
     with atomic_folder(output) as folder:
         shutil.copytree(MODEL_CONFIG, folder, dirs_exist_ok=True)
         clip = CLIPModel.from_pretrained(clip_dir)
-        tokenizer = build_clip_tokenizer(vocabulary(), INSTRUCTION_TOKENS)
+        tokenizer = build_clip_tokenizer(vocabulary(), TEXT_TOKENS)
         text_config = clip.config.text_config
         text_config.bos_token_id, text_config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         text_config.pad_token_id = tokenizer.pad_token_id
@@ -90,24 +95,50 @@ def about() -> dict:
     }
 
 
-def package(trained: Path, clip_dir: Path, output: Path = DEFAULT_MODEL, clip_output: Path = DEFAULT_CLIP) -> None:
-    """Copy the trained model into the package: the UNet in float16 (checked to change edits by
-    less than a pixel level), VAE and text encoder in float32 (small, and they set the numbers)."""
+def text_to_image_about() -> dict:
+    """What the shipped text-to-image model draws."""
+    from instruct_pix2pix.small_world.edits import vocabulary
+
+    return {
+        "name": "instruct-pix2pix small-world text-to-image model",
+        "understands": (
+            "captions of 64x64 scenes, as the small world writes them: 'a small red circle at the top left and a "
+            "large blue square in the center on a white background', '... on grass under a blue sky at night', "
+            "'a black and white picture of ...'"
+        ),
+        "words": vocabulary(),
+        "settings": {"num_inference_steps": 20},
+    }
+
+
+def _package_model(trained: Path, output: Path, about_model: dict) -> None:
+    """A trained model into the package: the UNet in float16 (checked to change results by less than a
+    pixel level), VAE and text encoder in float32 (small, and they set the numbers)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPModel
 
-    from instruct_pix2pix.loading import load_model, save_model
+    from instruct_pix2pix.loading import ANY, load_model, save_model
 
-    model = load_model(trained)
+    model = load_model(trained, kind=ANY)
     unet32 = model.unet
     model.unet = UNet2DConditionModel.from_config(unet32.config)
     model.unet.load_state_dict({k: v.half().float() for k, v in unet32.state_dict().items()})
     pairs = zip(unet32.state_dict().values(), model.unet.state_dict().values())
     worst = max((a - b).abs().max().item() for a, b in pairs)
-    print(f"[package] largest UNet weight change from float16 rounding: {worst:.2e}")
+    print(f"[package] {output.name}: largest UNet weight change from float16 rounding: {worst:.2e}")
     model.unet = model.unet.half()
-    model.about = about()
+    model.about = about_model
     save_model(model, output)
+
+
+def package(trained: Path, clip_dir: Path, text_to_image: Path | None = None, output: Path = DEFAULT_MODEL,
+            clip_output: Path = DEFAULT_CLIP, text_to_image_output: Path = DEFAULT_TEXT_TO_IMAGE) -> None:  # fmt: skip
+    """Copy the editing model, the text-to-image model it was fine-tuned from (if any) and the CLIP
+    into the package."""
+    from transformers import CLIPModel
+
+    _package_model(trained, output, about())
+    if text_to_image is not None:
+        _package_model(text_to_image, text_to_image_output, text_to_image_about())
     clip = CLIPModel.from_pretrained(clip_dir)
     with atomic_folder(clip_output) as folder:  # the old CLIP goes only once the new one is in place
         clip.half().save_pretrained(folder)
@@ -121,12 +152,16 @@ def run_recipe(
     *,
     edits: int = TRAINING_EDITS,
     steps: int | None = None,
+    text_to_image_steps: int | None = None,
+    from_scratch: bool = False,
     package_model: bool = True,
 ) -> Path:
     """Run every stage under `work`, skipping those already done; return the trained model folder.
 
-    `edits`: training edits to generate; `steps`: UNet training steps (default: the config's);
-    `package_model=False` leaves the shipped model in the package alone.
+    `edits`: training edits to generate; `steps` and `text_to_image_steps`: the two UNets' training
+    steps (default: their configs'); `from_scratch`: train the editor from scratch, with no
+    text-to-image model (the comparison the README reports); `package_model=False` leaves the
+    shipped models in the package alone.
     """
     work = Path(work)
     started = time.time()
@@ -148,19 +183,25 @@ def run_recipe(
     scratch = work / "scratch"
     if not _done(scratch, "scratch"):
         assemble_scratch(clip, vae, scratch)
-    overrides = [
-        f"from_scratch={scratch}",
-        f"train_data={data}",
-        f"output_dir={work / 'unet'}",
-        "resume_from_checkpoint=latest",
-    ]
-    if steps:
-        overrides.append(f"max_train_steps={steps}")
-    trained = work / "unet" / "model"
-    if not _done(trained, "unet"):
-        train(load_config(PACKAGE.parents[2] / "configs" / "small-world.yaml", overrides))
+    configs = PACKAGE.parents[2] / "configs"
+
+    def train_stage(config: str, name: str, start: list[str], stage_steps: int | None) -> Path:
+        output = work / name
+        if not _done(output / "model", name):
+            overrides = [*start, f"train_data={data}", f"output_dir={output}", "resume_from_checkpoint=latest"]
+            overrides += [f"max_train_steps={stage_steps}"] if stage_steps else []
+            train(load_config(configs / config, overrides))
+        return output / "model"
+
+    text_to_image = None
+    if from_scratch:
+        start = [f"from_scratch={scratch}", "pretrained_model_name_or_path=none"]
+    else:
+        text_to_image = train_stage("small-world-t2i.yaml", "t2i", [f"from_scratch={scratch}"], text_to_image_steps)
+        start = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none"]
+    trained = train_stage("small-world.yaml", "unet-scratch" if from_scratch else "unet", start, steps)
     if package_model:
         print("[package] ...")
-        package(trained, clip)
+        package(trained, clip, text_to_image)
     print(f"[evaluate] run `ip2p world evaluate` next; all stages took {(time.time() - started) / 60:.1f} min")
     return trained
