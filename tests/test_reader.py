@@ -69,3 +69,11 @@ def test_field_errors_name_what_differs():
     assert wrong(scene.replace_thing(blue, replace(blue, cell=(2, 2)))) == {"position"}
     assert wrong(replace(scene, background="gray", night=True)) == {"background", "time"}
     assert wrong(replace(scene, black_and_white=True)) == {"black and white"}
+
+
+def test_integer_arrays_are_8_bit_and_float_arrays_unit_range():
+    scene = held_out_scenes(2)[0]
+    pixels = np.asarray(render(scene))
+    assert read_scene(pixels) == read_scene(pixels.astype(np.float32) / 255) == scene
+    dark = np.ones((64, 64, 3), dtype=np.uint8)  # a nearly black 8-bit picture is not a [0, 1] one
+    assert read(dark).residual == pytest.approx(read(dark.astype(np.float32) / 255).residual)

@@ -123,7 +123,7 @@ def test_vae_saves_in_diffusers_layout_and_loads_back(vae_run):
     vae = AutoencoderKL.from_pretrained(folder / "model").eval()
     assert (folder / "model" / "diffusion_pytorch_model.safetensors").exists()
     assert vae.config.scaling_factor == metrics["scaling_factor"] != 0.18215  # measured, not the default
-    image = pretrain.to_tensor([render(pretrain.scene_pair("vae-test", 0)[1])])
+    image = pretrain.to_unit_tensor([render(pretrain.scene_pair("vae-test", 0)[1])])
     with torch.no_grad():
         latents = vae.encode(image * 2 - 1).latent_dist.mode()
     assert latents.shape == (1, 4, 16, 16)  # 64x64 -> two downsamplings -> 16x16

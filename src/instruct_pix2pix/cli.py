@@ -462,11 +462,12 @@ def run_world(args) -> None:
 
         settings = EditSettings.from_args(args)
         if args.world_command == "evaluate":
-            from instruct_pix2pix.editing import pick_device
+            from instruct_pix2pix.editing import pick_device, pick_dtype
             from instruct_pix2pix.loading import ANY, load_model
             from instruct_pix2pix.prompts import closed_vocabulary_check
 
-            model, device = load_model(args.model, kind=ANY, config=args.config), pick_device(args.device)
+            device = pick_device(args.device)
+            model = load_model(args.model, kind=ANY, dtype=pick_dtype(None, device), config=args.config)
             if model.kind == "text-to-image":  # the world's Stable Diffusion: draw captions, read them back
                 from instruct_pix2pix.small_world.evaluate import run_text_to_image_evaluation
 

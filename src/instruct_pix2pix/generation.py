@@ -4,10 +4,11 @@ validation grids and the small world's measure of its text-to-image model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 
-from instruct_pix2pix.editing import evaluating
+from instruct_pix2pix.editing import NumericalError, evaluating
 from instruct_pix2pix.loading import ModelBundle, diffusers_pipeline
 from instruct_pix2pix.settings import make_scheduler
 
@@ -21,6 +22,7 @@ def generate(
     num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
     scheduler: str = "euler_ancestral",
+    negative_prompt: str | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
 ) -> list[Image.Image]:
@@ -37,8 +39,12 @@ def generate(
             chunk = slice(start, start + batch_size)
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
             size = model.default_resolution
-            images += pipe(
+            pixels = pipe(
                 captions[chunk], height=size, width=size, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, generator=generators,
+                guidance_scale=guidance_scale, generator=generators, output_type="np",
+                negative_prompt=None if negative_prompt is None else [negative_prompt] * len(generators),
             ).images  # fmt: skip
+            if not np.isfinite(pixels).all():
+                raise NumericalError(f"generation produced NaN/inf values in {model.unet.dtype}; try float32")
+            images += pipe.numpy_to_pil(pixels)
     return images

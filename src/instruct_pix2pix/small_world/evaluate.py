@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from instruct_pix2pix.atomic import write_text
+from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.settings import EditSettings
 from instruct_pix2pix.small_world.edits import KINDS, WorldEdit, make_edit, sample_edits
 from instruct_pix2pix.small_world.reader import field_errors, read_scene
@@ -418,6 +419,8 @@ def evaluate_text_to_image(
 
     from instruct_pix2pix.generation import generate
 
+    if settings.resolution is not None or settings.keep_size:
+        raise UserError("a text-to-image model draws at its own size: leave out --resolution and --keep-size")
     scenes = held_out_scenes(count)
     captions, seeds = [caption(scene) for scene in scenes], [seed + i for i in range(count)]
     pictures: list[Image.Image] = []
@@ -425,7 +428,7 @@ def evaluate_text_to_image(
         pictures += generate(
             model, captions[start : start + 50], seeds=seeds[start : start + 50], device=device,
             num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-            scheduler=settings.scheduler,
+            scheduler=settings.scheduler, negative_prompt=settings.negative_prompt,
         )  # fmt: skip
     readings = [read_scene(picture) for picture in pictures]
     wrong = [field_errors(reading, scene) for reading, scene in zip(readings, scenes)]

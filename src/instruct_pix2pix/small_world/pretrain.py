@@ -82,8 +82,8 @@ def training_scenes(step: int, batch_size: int) -> list[Scene]:
     return scenes[:batch_size]
 
 
-def to_tensor(images) -> torch.Tensor:
-    """PIL RGB images -> float tensor (N, 3, H, W) in [0, 1]."""
+def to_unit_tensor(images) -> torch.Tensor:
+    """PIL RGB images -> float tensor (N, 3, H, W) in [0, 1] (images.to_tensor gives [-1, 1])."""
     pixels = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
 
@@ -91,7 +91,7 @@ def to_tensor(images) -> torch.Tensor:
 def clip_pixels(images) -> torch.Tensor:
     """What the saved CLIPImageProcessor gives for images of the model's size: [0,1], then CLIP's mean/std."""
     mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-    return (to_tensor(images) - mean) / std
+    return (to_unit_tensor(images) - mean) / std
 
 
 # --- shared training machinery -------------------------------------------------------------------
@@ -453,7 +453,7 @@ def evaluate_vae(
     for start in range(0, examples, chunk):
         pairs = [scene_pair(split, i) for i in range(start, min(examples, start + chunk))]
         scenes = [s for _, before, after in pairs for s in (before, after)]
-        images = to_tensor([render(s, image_size) for s in scenes])
+        images = to_unit_tensor([render(s, image_size) for s in scenes])
         values.append(psnr(reconstruct(vae, images), images))
         kinds += [kind for kind, _, _ in pairs for _ in range(2)]
     values = torch.cat(values)
@@ -474,7 +474,7 @@ def latent_scaling_factor(vae, *, images: int = 512, image_size: int = 64, seed:
     samples, step, pairs = [], 0, 64
     while sum(len(s) for s in samples) < images:
         scenes = training_scenes(10_000_000 + step, 2 * pairs)  # far past any training step: other scenes
-        pixels = to_tensor([render(s, image_size) for s in scenes]) * 2 - 1
+        pixels = to_unit_tensor([render(s, image_size) for s in scenes]) * 2 - 1
         samples.append(vae.encode(pixels).latent_dist.sample(generator=generator))
         step += 1
     latents = torch.cat(samples)[:images]
@@ -532,7 +532,7 @@ def train_vae(
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        images = to_tensor([render(s, image_size) for s in training_scenes(step, batch_size)]) * 2 - 1
+        images = to_unit_tensor([render(s, image_size) for s in training_scenes(step, batch_size)]) * 2 - 1
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample(generator=generator)).sample
         error = decoded - images

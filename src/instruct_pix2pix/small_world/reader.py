@@ -94,12 +94,12 @@ _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32) / 255.0  # (colour
 
 
 def read(image: Image.Image | np.ndarray) -> Reading:
-    """The scene that explains `image` best (a square picture at any size), and how well it does."""
-    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    """The scene that explains `image` best (a square picture at any size: a PIL image, an 8-bit
+    array, or a float array in [0, 1]), and how well it does."""
+    raw = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    pixels = raw.astype(np.float32) / (255.0 if np.issubdtype(raw.dtype, np.integer) else 1.0)  # floats: [0, 1]
     if pixels.ndim != 3 or pixels.shape[0] != pixels.shape[1] or pixels.shape[2] != 3:
         raise ValueError(f"a scene is a square RGB picture, not an array of shape {pixels.shape}")
-    if pixels.max() > 1.0:
-        pixels = pixels / 255.0
     size = pixels.shape[0]
     masks, bounds = _masks(size), _bounds(size)
     empties = _backgrounds(size)

@@ -19,6 +19,7 @@ the long ones (CLIP, VAE, the two UNets) checkpoint as they go: a killed run pic
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from instruct_pix2pix.atomic import atomic_folder
+from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.loading import DEFAULT_MODEL  # the shipped editing model (diffusers layout)
 
 PACKAGE = Path(__file__).resolve().parent
@@ -183,6 +185,8 @@ def run_recipe(
     scratch = work / "scratch"
     if not _done(scratch, "scratch"):
         assemble_scratch(clip, vae, scratch)
+    elif json.loads((scratch / "unet" / "config.json").read_text())["in_channels"] != 4:
+        raise UserError(f"{scratch} was assembled by the earlier recipe (an 8-channel UNet): delete it and run again")
     configs = PACKAGE.parents[2] / "configs"
 
     def train_stage(config: str, name: str, start: list[str], stage_steps: int | None) -> Path:
@@ -200,7 +204,9 @@ def run_recipe(
         text_to_image = train_stage("small-world-t2i.yaml", "t2i", [f"from_scratch={scratch}"], text_to_image_steps)
         start = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none"]
     trained = train_stage("small-world.yaml", "unet-scratch" if from_scratch else "unet", start, steps)
-    if package_model:
+    if package_model and from_scratch:
+        print("[package] skipped: the editor trained from scratch is the comparison arm, not the shipped model")
+    elif package_model:
         print("[package] ...")
         package(trained, clip, text_to_image)
     print(f"[evaluate] run `ip2p world evaluate` next; all stages took {(time.time() - started) / 60:.1f} min")

@@ -123,7 +123,8 @@ class TrainConfig:
             raise UserError("validation_steps must be 0 (none) or more, and validation_inference_steps at least 1")
         if self.validation_steps and not self.validation_prompts:
             raise UserError(
-                "validation_steps is set but validation_prompts is empty: give the instructions to edit with"
+                "validation_steps is set but validation_prompts is empty: give the instructions to edit with "
+                "(text to image: the captions to draw)"
             )
 
 

@@ -1,4 +1,4 @@
-"""The training objectives, exactly as the reference scripts train them.
+"""The training objectives, exactly as diffusers' training scripts compute them.
 
 Editing (InstructPix2Pix, diffusers' train_instruct_pix2pix.py):
 
@@ -14,7 +14,8 @@ Text to image (diffusers' train_text_to_image.py): loss = || unet(noisy z, t, c_
 with the caption replaced by the empty string when r < proportion_empty_prompts, so that
 classifier-free guidance has an unconditional model to push away from.
 
-Both take diffusers' min-SNR-gamma weighting (`snr_gamma`, Hang et al. 2023): each sample's loss
+Both take min-SNR-gamma weighting (`snr_gamma`, Hang et al. 2023, as train_text_to_image.py has it;
+train_instruct_pix2pix.py has none): each sample's loss
 is weighted by min(SNR(t), gamma) / SNR(t) for epsilon targets, / (SNR(t) + 1) for v targets.
 """
 

@@ -142,8 +142,8 @@ def training_sample(example, side: str, config: TrainConfig, generator: torch.Ge
 
 
 def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False) -> Path:
-    """Train an editing model (on the CPU with `cpu`, else where accelerate puts it); returns the
-    folder of the final model (output_dir/model)."""
+    """Train an editing or (task: text-to-image) a text-to-image model (on the CPU with `cpu`, else
+    where accelerate puts it); returns the folder of the final model (output_dir/model)."""
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
