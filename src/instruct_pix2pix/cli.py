@@ -464,7 +464,6 @@ def run_world(args) -> None:
         if args.world_command == "evaluate":
             from instruct_pix2pix.editing import pick_device, pick_dtype
             from instruct_pix2pix.loading import ANY, load_model
-            from instruct_pix2pix.prompts import closed_vocabulary_check
 
             device = pick_device(args.device)
             model = load_model(args.model, kind=ANY, dtype=pick_dtype(None, device), config=args.config)
@@ -474,7 +473,7 @@ def run_world(args) -> None:
                 print(run_text_to_image_evaluation(model, Path(args.output), settings, count=args.captions,
                                                    device=device))  # fmt: skip
                 return
-            editor = Editor(model, device, prompt_check=closed_vocabulary_check(model.about))
+            editor = Editor.for_model(model, device)
         else:
             editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
         if args.world_command == "demo":

@@ -219,7 +219,11 @@ class Editor:
         """Load from a diffusers folder, a hub id or a single .safetensors/.ckpt file (see `loading.load_model`);
         with no source, the small-world model shipped in the package."""
         device = pick_device(device)
-        model = load_model(source, dtype=pick_dtype(dtype, device), config=config)
+        return cls.for_model(load_model(source, dtype=pick_dtype(dtype, device), config=config), device)
+
+    @classmethod
+    def for_model(cls, model: ModelBundle, device: torch.device) -> Editor:
+        """An editor for a loaded model, warning about the words it does not know if it lists them."""
         return cls(model, device, prompt_check=closed_vocabulary_check(model.about))
 
     # --- the public entry point -----------------------------------------------------------------

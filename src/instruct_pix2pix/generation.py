@@ -34,11 +34,11 @@ def generate(
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     images: list[Image.Image] = []
+    size = model.default_resolution
     with evaluating(model.unet, model.vae, model.text_encoder):
         for start in range(0, len(captions), batch_size):
             chunk = slice(start, start + batch_size)
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
-            size = model.default_resolution
             pixels = pipe(
                 captions[chunk], height=size, width=size, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, generator=generators, output_type="np",

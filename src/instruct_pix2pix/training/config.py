@@ -18,8 +18,8 @@ import yaml
 
 from instruct_pix2pix.errors import UserError
 
-# diffusers' get_scheduler names that need no more than warmup and total steps
 TASKS = ("edit", "text-to-image")
+# diffusers' get_scheduler names that need no more than warmup and total steps
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 

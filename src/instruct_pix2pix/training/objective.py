@@ -30,6 +30,11 @@ def dropout_masks(r: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor
     return r < 2 * p, (r >= p) & (r < 3 * p)
 
 
+def empty_where(drop: torch.Tensor, text_embeds: torch.Tensor, null_text_embeds: torch.Tensor) -> torch.Tensor:
+    """The texts' encodings, with the empty string's in place of those where `drop` is true."""
+    return torch.where(drop[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
+
+
 def training_loss(
     unet: torch.nn.Module,
     noise_scheduler,
@@ -45,7 +50,7 @@ def training_loss(
 ) -> torch.Tensor:
     """The editing objective."""
     drop_text, drop_image = dropout_masks(r, conditioning_dropout_prob)
-    text_embeds = torch.where(drop_text[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
+    text_embeds = empty_where(drop_text, text_embeds, null_text_embeds)
     image_latents = image_latents * (~drop_image).to(image_latents.dtype)[:, None, None, None]
     return denoising_loss(
         unet, noise_scheduler, target_latents, noise, timesteps, text_embeds, image_latents, snr_gamma
@@ -65,8 +70,7 @@ def text_to_image_loss(
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The text-to-image objective."""
-    drop_text = r < proportion_empty_prompts
-    text_embeds = torch.where(drop_text[:, None, None], null_text_embeds.to(text_embeds.dtype), text_embeds)
+    text_embeds = empty_where(r < proportion_empty_prompts, text_embeds, null_text_embeds)
     return denoising_loss(unet, noise_scheduler, target_latents, noise, timesteps, text_embeds, None, snr_gamma)
 
 
