@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train clean
+.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ bench-default: setup
 
 bench-train: setup
 	$(PY) benchmarks/bench_train.py
+
+# The text stage: batched local generation against one caption at a time; API concurrency 8 against 1.
+bench-text: setup
+	$(PY) benchmarks/bench_text_stage.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -133,6 +133,66 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
+    data = commands.add_parser(
+        "data",
+        help="make training data the paper's way: the text stage (a language model writes edits)",
+        description="Make training data: fine-tune a language model on edit triples, write edits for captions.",
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="COMMAND")
+    lm_dataset = data_commands.add_parser(
+        "lm-dataset", help="write the 700 human-written triples as fine-tuning data (reference or chat format)"
+    )
+    lm_dataset.add_argument("-o", "--output", required=True, help="the JSONL file to write")
+    lm_dataset.add_argument(
+        "--format",
+        choices=("reference", "chat"),
+        default="reference",
+        help="reference: prompt/completion as the paper's GPT-3 fine-tune; chat: messages",
+    )
+    lm_dataset.add_argument("--triples", help="another triples file (JSONL: input, edit, output)")
+    finetune = data_commands.add_parser(
+        "finetune-lm", help="fine-tune a causal language model on the triples (resumes a killed run)"
+    )
+    finetune.add_argument("--model", required=True, help="transformers folder or hub id (GPT-2, Llama, Qwen, ...)")
+    finetune.add_argument("-o", "--output", required=True, help="folder for the fine-tuned model")
+    finetune.add_argument("--triples", help="triples file (default: the 700 human-written ones)")
+    finetune.add_argument("--epochs", type=float, default=1.0, help="passes over the triples (default 1, the paper's)")
+    finetune.add_argument("--batch-size", type=positive_int, default=8)
+    finetune.add_argument("--learning-rate", type=float, default=5e-5)
+    finetune.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged at the end")
+    finetune.add_argument("--lora-rank", type=positive_int, default=16)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--checkpoint-every", type=positive_int, default=25, help="steps between checkpoints")
+    finetune.add_argument("--overwrite", action="store_true", help="replace a finished model in --output")
+    finetune.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    write = data_commands.add_parser(
+        "write-edits", help="write an instruction and an edited caption for each input caption (resumable)"
+    )
+    write.add_argument("captions", help="captions: .txt (one a line), .jsonl, .csv, parquet, or a datasets folder/id")
+    write.add_argument("-o", "--output", required=True, help="the JSONL file to write (a rerun goes on with it)")
+    write.add_argument("--column", help="the captions' column (default: input, caption, TEXT or text)")
+    write.add_argument("--url-column", help="a column to keep as url (default: URL or url, if there)")
+    write.add_argument("--split", default="train", help="a dataset's split (default: train)")
+    write.add_argument("--num-partitions", type=positive_int, default=1, help="split the work into N parts")
+    write.add_argument("--partition", type=int, default=0, help="which part this run does (0 to N-1)")
+    write.add_argument("--seed", type=int, default=0, help="seeds the partitions and the sampling")
+    write.add_argument("--limit", type=positive_int, help="only the first N captions of the partition")
+    write.add_argument("--lm", help="a local causal LM (default: the small world's, when no --api-base is given)")
+    write.add_argument("--api-base", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    write.add_argument("--api-model", help="the model name on that server")
+    write.add_argument("--chat", action="store_true", help="use the chat endpoint (instruction-tuned models)")
+    write.add_argument("--few-shot", type=int, default=8, help="chat: examples from the 700 triples (default 8)")
+    write.add_argument("--concurrency", type=positive_int, default=8, help="server requests in flight (default 8)")
+    write.add_argument("--retries", type=int, default=3, help="samples again after a rejection (default 3)")
+    write.add_argument("--moderation", help="'api' (the server's moderation endpoint) or a blocklist file")
+    write.add_argument("--batch-size", type=positive_int, default=32, help="captions per batch (default 32)")
+    write.add_argument("--temperature", type=float, default=0.7)
+    write.add_argument("--top-p", type=float, default=1.0)
+    write.add_argument("--frequency-penalty", type=float, default=0.1)
+    write.add_argument("--max-tokens", type=positive_int, default=256)
+    write.add_argument("--device", default="auto", help="a local LM's device: auto (default), cpu, cuda, mps")
+    write.add_argument("--no-progress", action="store_true")
+
     world = commands.add_parser(
         "world",
         help="the small world: scenes, datasets, its models, evaluation against ground truth",
@@ -190,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-scratch", action="store_true", help="train the editor from scratch, without the text-to-image model"
     )
     recipe.add_argument("--no-package", action="store_true", help="leave the shipped model in the package alone")
+    train_lm = actions.add_parser(
+        "train-lm", help="train the world's language model (captions, then 700 triples) and check it by the grammar"
+    )
+    train_lm.add_argument("-o", "--output", default="runs/language", help="work folder (default: runs/language)")
+    train_lm.add_argument("--pretrain-steps", type=positive_int, help="steps on the world's captions")
+    train_lm.add_argument("--epochs", type=float, help="fine-tuning passes over the 700 triples")
+    train_lm.add_argument("--captions", type=positive_int, default=200, help="held-out captions to check (200)")
+    evaluate_lm = actions.add_parser(
+        "evaluate-lm", help="write edits for held-out captions with a language model; check them by the grammar"
+    )
+    evaluate_lm.add_argument("--model", help="a transformers folder (default: the shipped world language model)")
+    evaluate_lm.add_argument("--captions", type=positive_int, default=200, help="held-out captions (default 200)")
+    evaluate_lm.add_argument("-o", "--output", help="also write the report as JSON here")
+    evaluate_lm.add_argument("--device", default="auto")
     pretrain = actions.add_parser("pretrain", help="train the small world's CLIP or VAE (resumes from its checkpoint)")
     pretrain.add_argument("part", choices=("clip", "vae"))
     pretrain.add_argument("-o", "--output", required=True, help="folder for the checkpoint, metrics and model/")
@@ -454,6 +528,8 @@ def run_world(args) -> None:
                          from_scratch=args.from_scratch, package_model=not args.no_package))  # fmt: skip
     elif args.world_command == "pretrain":
         run_pretrain(args)
+    elif args.world_command in ("train-lm", "evaluate-lm"):
+        run_world_language(args)
     else:
         check_model_source(args)
         quiet_libraries()
@@ -489,6 +565,122 @@ def run_world(args) -> None:
             print(run_evaluation(editor, Path(args.output), settings, per_kind=args.per_kind))
 
 
+def run_data(args) -> None:
+    from instruct_pix2pix.data.triples import HUMAN_WRITTEN, read_triples
+
+    triples_file = getattr(args, "triples", None) or HUMAN_WRITTEN
+    if args.data_command == "lm-dataset":
+        from instruct_pix2pix.data.triples import write_lm_dataset
+
+        check_writable([Path(args.output)])
+        print(write_lm_dataset(args.output, read_triples(triples_file), args.format))
+    elif args.data_command == "finetune-lm":
+        triples = read_triples(triples_file)
+        quiet_libraries()
+        from instruct_pix2pix.data.language_model import finetune_lm
+
+        record = finetune_lm(
+            args.model,
+            args.output,
+            triples,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            lora=args.lora,
+            lora_rank=args.lora_rank,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+        print(f"{args.output}: {record['steps']} steps, loss {record['loss']:.4f}")
+    else:
+        run_write_edits(args)
+
+
+def run_write_edits(args) -> None:
+    from instruct_pix2pix.data.captions import partition, read_captions
+    from instruct_pix2pix.data.edit_text import Blocklist, side_files, write_edits
+    from instruct_pix2pix.data.language_model import Sampling
+
+    if args.api_base and args.lm:
+        raise UserError("give --lm (a local model) or --api-base (a server), not both")
+    if args.api_base and not args.api_model:
+        raise UserError("--api-base needs --api-model, the model's name on that server")
+    if args.retries < 0 or args.few_shot < 0:
+        raise UserError("--retries and --few-shot must be 0 or more")
+    sampling = Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        frequency_penalty=args.frequency_penalty,
+        max_tokens=args.max_tokens,
+    )
+    output = Path(args.output)
+    check_writable([output, *side_files(output)])
+    captions = read_captions(args.captions, column=args.column, url_column=args.url_column, split=args.split)
+    captions = partition(captions, args.num_partitions, args.partition, args.seed)[: args.limit]
+    if args.moderation == "api" and not args.api_base:
+        raise UserError("--moderation api needs a server (--api-base); give a blocklist file for a local model")
+    moderation = Blocklist(args.moderation) if args.moderation not in (None, "api") else None
+    quiet_libraries()
+    if args.api_base:
+        from instruct_pix2pix.data.edit_text import OpenAIServer
+
+        backend = OpenAIServer(
+            args.api_base,
+            args.api_model,
+            sampling,
+            chat=args.chat,
+            few_shot=args.few_shot,
+            concurrency=args.concurrency,
+            seed=args.seed,
+        )
+    else:
+        from instruct_pix2pix.data.language_model import LocalLM
+        from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
+
+        backend = LocalLM(args.lm or DEFAULT_LANGUAGE_MODEL, sampling, device=args.device, seed=args.seed)
+    if args.moderation == "api":
+        moderation = backend  # the server's moderation endpoint
+    stats = write_edits(
+        captions,
+        output,
+        backend,
+        retries=args.retries,
+        batch_size=args.batch_size,
+        moderation=moderation,
+        progress=not args.no_progress,
+    )
+    reasons = ", ".join(f"{reason} {n}" for reason, n in stats["rejections"].items()) or "none"
+    print(
+        f"{output}: {stats['kept']} of {stats['captions']} captions kept, {stats['skipped']} skipped; "
+        f"rejected samples: {reasons}"
+    )
+
+
+def run_world_language(args) -> None:
+    import json
+
+    quiet_libraries()
+    from instruct_pix2pix.atomic import write_json
+    from instruct_pix2pix.small_world import language
+
+    if args.world_command == "train-lm":
+        pretrain = {"steps": args.pretrain_steps} if args.pretrain_steps else {}
+        finetune = {"epochs": args.epochs} if args.epochs else {}
+        report = language.train_language_model(
+            args.output, pretrain=pretrain, finetune=finetune, evaluate=args.captions
+        )["evaluation"]
+    else:
+        model = Path(args.model) if args.model else language.DEFAULT_LANGUAGE_MODEL
+        if not (model / "config.json").exists():
+            raise UserError(f"no language model in {model}; give a transformers folder (ip2p world train-lm makes one)")
+        report = language.evaluate_language_model(model, count=args.captions, device=args.device)
+        if args.output:
+            write_json(args.output, report)
+    print(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2))
+
+
 def run_pretrain(args) -> None:
     import json
 
@@ -516,6 +708,7 @@ def run_pretrain(args) -> None:
 
 COMMANDS = {
     "world": run_world,
+    "data": run_data,
     "edit": run_edit,
     "info": run_info,
     "train": run_train,

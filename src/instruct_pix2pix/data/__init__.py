@@ -10,6 +10,14 @@ The modules, each with one job:
 * `hub`: Hugging Face hub datasets, streamed or downloaded.
 * `sources`: `open_dataset` / `describe_dataset`, which tell what a source is and open it.
 * `writers`: `write_parquet` and `write_reference_folder`.
+
+The text stage (a language model writes an instruction and an edited caption for each caption):
+
+* `triples`: the 700 human-written triples, the reference's prompt/completion format, chat
+  messages, and the filters a completion must pass.
+* `captions`: input captions from text, JSONL, CSV, parquet or datasets; deduplicated; partitions.
+* `language_model`: load any causal LM, fine-tune it on triples (`finetune_lm`), sample (`LocalLM`).
+* `edit_text`: `write_edits`, resumable, with a local model or an OpenAI-compatible server.
 """
 
 from instruct_pix2pix.data.base import FIELDS, REQUIRED_FIELDS, EditDataset, EditExample

@@ -23,26 +23,24 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from instruct_pix2pix.atomic import atomic_folder, atomic_path, write_json
+from instruct_pix2pix.atomic import atomic_folder, write_json
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import sample_edits, vocabulary
 from instruct_pix2pix.small_world.scenes import Scene, caption, render
 from instruct_pix2pix.tokenizers import build_clip_tokenizer
+from instruct_pix2pix.training.loop import fit as fit_model
 
 TRAIN_SPLIT = "train"
 CLIP_TEST_SPLIT = "clip-test"  # held-out scenes: seeds no training example uses
 VAE_TEST_SPLIT = "vae-test"
 BLACK_AND_WHITE_PROBABILITY = 0.1  # extra black-and-white pairs; the edits alone make few
-CHECKPOINT = "checkpoint.pt"
 MODEL = "model"
 METRICS = "metrics.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, as CLIPImageProcessor uses
@@ -125,99 +123,6 @@ def _check_arguments(
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file, not a folder")
     return output_dir
-
-
-def learning_rate_at(step: int, steps: int, peak: float) -> float:
-    """Linear warmup over the first 5% of steps (at most 100), then cosine decay to a tenth of the peak."""
-    warmup = max(1, min(100, steps // 20))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _fit(
-    kind: str,
-    output_dir: Path,
-    model: torch.nn.Module,
-    step_loss: Callable[[int, torch.Generator], torch.Tensor],
-    *,
-    arguments: dict,
-    steps: int,
-    learning_rate: float,
-    seed: int,
-    checkpoint_every: int,
-    progress: bool,
-    weight_decay: float,
-    betas: tuple[float, float],
-    after_step: Callable[[], None] = lambda: None,
-) -> dict:
-    """The loop both recipes share: AdamW, warmup+cosine, clipping, checkpoints, exact resume.
-
-    Weight decay applies to matrices and convolution kernels, not to embeddings, norms, biases
-    or CLIP's temperature.
-
-    Returns {"loss": mean loss of the last steps, "train_seconds": ...}.
-    """
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-6)
-    generator = torch.Generator().manual_seed(seed)
-    step, losses, seconds = 0, [], 0.0
-    checkpoint_path = output_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
-        if state["kind"] != kind or state["arguments"] != arguments:
-            raise UserError(
-                f"{checkpoint_path} comes from a run with other settings ({state['kind']}, {state['arguments']}); "
-                "use those settings to resume, or another output_dir"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator"])
-        step, losses, seconds = state["step"], state["losses"], state["train_seconds"]
-
-    def save_checkpoint():
-        state = {
-            "kind": kind,
-            "arguments": arguments,
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "generator": generator.get_state(),
-            "losses": losses,
-            "train_seconds": seconds,
-        }
-        with atomic_path(checkpoint_path) as temporary:  # a kill leaves the old checkpoint or the new one
-            torch.save(state, temporary)
-
-    model.train()
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"training {kind}", unit="step")
-    started = time.perf_counter()
-    while step < steps:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, steps, learning_rate)
-        loss = step_loss(step, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        after_step()
-        step += 1
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.update()
-        if step % checkpoint_every == 0 or step == steps:
-            seconds += time.perf_counter() - started
-            started = time.perf_counter()
-            save_checkpoint()
-    bar.close()
-    model.eval()
-    recent = losses[-max(1, min(50, len(losses) // 10)) :]
-    return {"loss": sum(recent) / len(recent), "train_seconds": round(seconds, 1)}
 
 
 def _model_settings(config: dict | None) -> dict:
@@ -374,7 +279,7 @@ def train_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
-    fit = _fit(
+    fit = fit_model(
         "clip",
         output_dir,
         model,
@@ -539,7 +444,7 @@ def train_vae(
         rec = {"l1": error.abs().mean(), "mse": error.pow(2).mean(), "l1+mse": error.abs().mean() + error.pow(2).mean()}
         return rec[reconstruction_loss] + kl_weight * posterior.kl().mean() / images[0].numel()
 
-    fit = _fit(
+    fit = fit_model(
         "vae",
         output_dir,
         vae,

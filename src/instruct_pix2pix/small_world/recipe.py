@@ -3,6 +3,8 @@
     ip2p world train-default [--work DIR]   (= make train-default; in code: run_recipe(work))
 
 1. data      write the training edits (parquet, the released dataset's schema, with both captions)
+   language  the world's language model (its GPT-3): pretrained on captions, fine-tuned on 700
+             triples, measured against the grammar (`small_world.language`)
 2. clip      train the small CLIP (its text encoder becomes the models')
 3. vae       train the small VAE
 4. scratch   assemble a diffusers folder: trained VAE and text encoder, UNet (4 channels) and scheduler configs
@@ -10,7 +12,8 @@
 6. unet      `ip2p train configs/small-world.yaml`: the editor, fine-tuned from the text-to-image
              model as in the paper (conv_in widened 4 -> 8, the new channels zero), with the paper's
              objective and conditioning dropout
-7. package   both models in float16 where that loses nothing measurable, into the package
+7. package   both models in float16 where that loses nothing measurable, and the language model,
+             into the package
 8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
 
 Each stage leaves its result under the work folder and is skipped when that result is there, and
@@ -149,6 +152,16 @@ def package(trained: Path, clip_dir: Path, text_to_image: Path | None = None, ou
                 shutil.copy(clip_dir / name, folder / name)
 
 
+def package_language_model(trained: Path, output: Path | None = None) -> None:
+    """The world's language model into the package (float32: 4 MB), with its measurements."""
+    from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
+
+    with atomic_folder(output or DEFAULT_LANGUAGE_MODEL) as folder:
+        shutil.copytree(trained, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint*", ".*.tmp"))
+        if (trained.parent / "report.json").exists():
+            shutil.copy(trained.parent / "report.json", folder / "report.json")
+
+
 def run_recipe(
     work: Path = Path("runs/default"),
     *,
@@ -177,6 +190,11 @@ def run_recipe(
     data = work / "data"
     if not _done(data / "train-triples.jsonl", "data"):
         write_dataset(data, edits)
+    if not _done(work / "language" / "report.json", "language"):
+        from instruct_pix2pix.small_world.language import train_language_model
+
+        report = train_language_model(work / "language")["evaluation"]
+        print(f"[language] held-out captions: {report['parses']:.1%} parse, {report['right']:.1%} exactly right")
     clip, vae = work / "clip" / "model", work / "vae" / "model"  # pretrain writes output_dir/model
     if not _done(clip, "clip"):
         pretrain.train_clip(work / "clip", **pretrain.DEFAULTS["clip"], seed=0)
@@ -209,5 +227,6 @@ def run_recipe(
     elif package_model:
         print("[package] ...")
         package(trained, clip, text_to_image)
+        package_language_model(work / "language" / "model")
     print(f"[evaluate] run `ip2p world evaluate` next; all stages took {(time.time() - started) / 60:.1f} min")
     return trained
