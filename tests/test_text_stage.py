@@ -27,6 +27,7 @@ from instruct_pix2pix.data.triples import (
     EMPTY,
     MALFORMED,
     UNCHANGED,
+    Rejection,
     chat_messages,
     completion,
     lm_dataset_rows,
@@ -253,13 +254,21 @@ def test_frequency_penalty_is_openais():
     torch.testing.assert_close(out, expected)
 
 
-def test_local_generation_is_batched_seeded_and_stops_at_end(tiny_lm):
-    backend = LocalLM(tiny_lm, Sampling(max_tokens=12), device="cpu", seed=3)
+def test_local_generation_is_seeded_and_stops_at_end(tiny_lm):
+    from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
+
     captions = [t["input"] for t in world_triples(3)]
+    backend = LocalLM(DEFAULT_LANGUAGE_MODEL, device="cpu", seed=3)  # a trained model reaches the stop
     first = backend.complete(captions)
     assert len(first) == 3 and first == backend.complete(captions)
     assert first != backend.complete(captions, attempt=1)
-    assert all("\nEND" not in text for text in first)
+    assert all(not isinstance(t, Rejection) and "\n%%\n" in t and "\nEND" not in t for t in first)
+    # 12 tokens of a random model do not reach the stop: rejections, not completions
+    untrained = LocalLM(tiny_lm, Sampling(max_tokens=12), device="cpu")
+    assert untrained.complete(captions) == ["truncated"] * 3
+    long_caption = " ".join(["a small red circle at the top"] * 60)  # past the 256-token context
+    results = untrained.complete([long_caption, captions[0]])
+    assert results == ["too long", "truncated"] and all(isinstance(r, Rejection) for r in results)
 
 
 # --- writing edits ------------------------------------------------------------------------------
@@ -493,3 +502,93 @@ def test_the_gpt2_tokenizer_keeps_text_exactly():
     assert tokenizer.decode(ids) == text
     assert tokenizer.convert_ids_to_tokens(tokenizer(" make snowy").input_ids) == ["Ġmake", "Ġsnowy"]
     assert chat_messages("x")[-1] == {"role": "user", "content": "x"} and len(lm_dataset_rows([], "chat")) == 0
+
+
+# --- what a review found --------------------------------------------------------------------------
+
+
+def test_resume_forgets_the_rejections_of_captions_it_had_not_finished(tmp_path):
+    def answers(caption, attempt):
+        return "no separator" if attempt == 0 else good(caption, attempt)
+
+    captions = [Caption(f"c{i}") for i in range(4)]
+    rejected = tmp_path / "e.jsonl.rejected.jsonl"
+    # a kill between the two appends: the batch's rejections are on disk, its kept lines are not
+    rejected.write_text(
+        "".join(json.dumps({"input": f"c{i}", "reason": "malformed", "text": ""}) + "\n" for i in (0, 1))
+    )
+    stats = write_edits(captions, tmp_path / "e.jsonl", Scripted(answers), retries=1, progress=False)
+    assert stats["kept"] == 4 and stats["rejections"] == {"malformed": 4}  # not 6: the two stale ones are gone
+    assert len(rejected.read_text().splitlines()) == 4
+    # a rerun over a smaller share of the same file counts only that share
+    again = write_edits(captions[:2], tmp_path / "e.jsonl", Scripted(answers), retries=1, progress=False)
+    assert again["kept"] == 2 and again["rejections"] == {"malformed": 2} and again["this_run"]["captions"] == 0
+
+
+def test_final_rejections_are_not_retried_and_outputs_go_into_new_folders(tmp_path):
+    from instruct_pix2pix.data.triples import Rejection
+
+    backend = Scripted(lambda caption, attempt: Rejection("too long") if caption == "long" else good(caption, 0))
+    stats = write_edits(
+        [Caption("long"), Caption("short")], tmp_path / "new" / "deeper" / "e.jsonl", backend, retries=3, progress=False
+    )
+    assert stats["rejections"] == {"too long": 1} and stats["skipped"] == 1 and backend.calls == 1
+    assert (tmp_path / "new" / "deeper" / "e.jsonl").exists()
+
+
+def test_filters_reject_multi_line_parts_and_captions_keep_rows_without_urls(tmp_path):
+    assert parse_completion("make it blue\n%%\na cat\na second caption", "a dog") == MALFORMED
+    assert parse_completion("%%\nmake it blue\n%%\na cat", "a dog") == MALFORMED
+    (tmp_path / "c.csv").write_text("\ufeffTEXT,URL\na cat,\na dog,\na fox,u1\n", encoding="utf-8")
+    assert read_captions(tmp_path / "c.csv") == [Caption("a cat"), Caption("a dog"), Caption("a fox", "u1")]
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_captions(tmp_path / "latin1.txt")
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(UserError, match="cannot read"):
+        read_captions(tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match="no captions file"):
+        read_captions("runs/missing/captions")  # a missing relative path is not taken for a hub id
+
+
+def test_finetune_never_deletes_other_files(tiny_lm, tmp_path, capsys):
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    code, _, err = run(
+        capsys, "data", "finetune-lm", "--model", tiny_lm, "-o", tmp_path / "keep", "--triples", tmp_path / "none.jsonl"
+    )
+    assert_one_line_error(code, err, "no triples file")
+    with pytest.raises(UserError, match="other files"):
+        finetune_lm(tiny_lm, tmp_path / "keep", world_triples(4), device="cpu", progress=False)
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_partitions_together_cover_every_caption_once(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("".join(f"caption {i}\n" for i in range(11)))
+    with Stub() as stub:
+        for part in range(3):
+            code, _, err = run(
+                capsys,
+                "data",
+                "write-edits",
+                tmp_path / "c.txt",
+                "-o",
+                tmp_path / f"p{part}.jsonl",
+                "--api-base",
+                stub.url,
+                "--api-model",
+                "m",
+                "--num-partitions",
+                3,
+                "--partition",
+                part,
+                "--no-progress",
+            )
+            assert code == 0, err
+    parts = [
+        [json.loads(line)["input"] for line in (tmp_path / f"p{k}.jsonl").read_text().splitlines()] for k in range(3)
+    ]
+    assert sorted(x for p in parts for x in p) == sorted(f"caption {i}" for i in range(11))
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
+    code, _, err = run(capsys, "data", "write-edits", tmp_path / "c.txt", "-o", tmp_path / "x.jsonl", "--chat")
+    assert_one_line_error(code, err, "--chat and --concurrency are for a server")

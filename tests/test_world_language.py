@@ -94,10 +94,13 @@ def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path):
     assert report["captions"] == 4 and 0 <= report["right"] <= report["parses"] <= 1
 
 
-def test_the_shipped_language_model_writes_right_triples():
-    """On 48 held-out captions the shipped model is right about as often as measured (README), so a
-    broken model, tokenizer or sampler cannot pass."""
+def test_the_shipped_language_model_writes_triples_of_the_world():
+    """On 48 held-out captions the shipped model writes as measured (README): well-formed triples
+    of the world's grammar, of every kind, and some exactly right, so a broken model, tokenizer or
+    sampler cannot pass."""
     measured = json.loads((DEFAULT_LANGUAGE_MODEL / "report.json").read_text())["evaluation"]
     report = evaluate_language_model(DEFAULT_LANGUAGE_MODEL, count=48, device="cpu")
     assert report["parses"] >= measured["parses"] - 0.1
-    assert report["right"] >= measured["right"] - 0.12
+    assert sum(share > 0 for share in report["kinds"].values()) >= 7  # not one memorised instruction
+    assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 6
+    assert report["right"] * 48 >= 1  # measured 2 of these 48 (4.5% of 200)

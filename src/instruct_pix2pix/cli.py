@@ -182,13 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--api-model", help="the model name on that server")
     write.add_argument("--chat", action="store_true", help="use the chat endpoint (instruction-tuned models)")
     write.add_argument("--few-shot", type=int, default=8, help="chat: examples from the 700 triples (default 8)")
-    write.add_argument("--concurrency", type=positive_int, default=8, help="server requests in flight (default 8)")
+    write.add_argument("--concurrency", type=positive_int, default=None, help="server requests in flight (default 8)")
     write.add_argument("--retries", type=int, default=3, help="samples again after a rejection (default 3)")
     write.add_argument("--moderation", help="'api' (the server's moderation endpoint) or a blocklist file")
     write.add_argument("--batch-size", type=positive_int, default=32, help="captions per batch (default 32)")
     write.add_argument("--temperature", type=float, default=0.7)
     write.add_argument("--top-p", type=float, default=1.0)
     write.add_argument("--frequency-penalty", type=float, default=0.1)
+    write.add_argument("--presence-penalty", type=float, default=0.0)
     write.add_argument("--max-tokens", type=positive_int, default=256)
     write.add_argument("--device", default="auto", help="a local LM's device: auto (default), cpu, cuda, mps")
     write.add_argument("--no-progress", action="store_true")
@@ -607,12 +608,15 @@ def run_write_edits(args) -> None:
         raise UserError("give --lm (a local model) or --api-base (a server), not both")
     if args.api_base and not args.api_model:
         raise UserError("--api-base needs --api-model, the model's name on that server")
+    if (args.chat or args.concurrency is not None) and not args.api_base:
+        raise UserError("--chat and --concurrency are for a server (--api-base); a local model is batched instead")
     if args.retries < 0 or args.few_shot < 0:
         raise UserError("--retries and --few-shot must be 0 or more")
     sampling = Sampling(
         temperature=args.temperature,
         top_p=args.top_p,
         frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
         max_tokens=args.max_tokens,
     )
     output = Path(args.output)
@@ -632,7 +636,7 @@ def run_write_edits(args) -> None:
             sampling,
             chat=args.chat,
             few_shot=args.few_shot,
-            concurrency=args.concurrency,
+            concurrency=args.concurrency or 8,
             seed=args.seed,
         )
     else:

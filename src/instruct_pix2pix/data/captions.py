@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from instruct_pix2pix.errors import UserError
 
 CAPTION_COLUMNS = ("input", "caption", "TEXT", "text")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")  # name or name:config
 URL_COLUMNS = ("URL", "url")
 
 
@@ -68,10 +70,10 @@ def _dataset_rows(source: str, split: str, columns: list[str]) -> tuple[list[str
 
 def _records(path: Path) -> list[dict]:
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as stream:
+        with open(path, newline="", encoding="utf-8-sig") as stream:  # a byte-order mark is not part of a name
             return list(csv.DictReader(stream))
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if line.strip():
             try:
                 record = json.loads(line)
@@ -100,12 +102,33 @@ def read_captions(
     source: str | Path, *, column: str | None = None, url_column: str | None = None, split: str = "train"
 ) -> list[Caption]:
     """Every distinct caption of `source`, in its order (empty ones and duplicates dropped)."""
+    import pyarrow as pa
+
+    try:
+        rows = _read_rows(source, column, url_column, split)
+    except UnicodeDecodeError:
+        raise UserError(f"{source} is not UTF-8 text; convert it (e.g. iconv -t utf-8) and try again") from None
+    except (pa.ArrowException, OSError) as error:
+        raise UserError(f"cannot read {source}: {str(error).splitlines()[0]}") from None
+    unique, texts_seen, urls_seen = [], set(), set()
+    for row in rows:
+        if row.text and row.text not in texts_seen and (row.url is None or row.url not in urls_seen):
+            unique.append(row)
+            texts_seen.add(row.text)
+            if row.url is not None:
+                urls_seen.add(row.url)
+    if not unique:
+        raise UserError(f"{source} holds no captions")
+    return unique
+
+
+def _read_rows(source, column, url_column, split) -> list[Caption]:
     path = Path(source)
     suffix = path.suffix.lower()
     if path.is_file() and suffix in ("", ".txt"):
         if column is not None:
             raise UserError(f"{path} is a text file (one caption a line): it has no columns; drop --column")
-        rows = [Caption(line.strip()) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = [Caption(line.strip()) for line in path.read_text(encoding="utf-8-sig").splitlines()]
     else:
         if path.is_file() and suffix in (".jsonl", ".json", ".csv"):
             records = _records(path)
@@ -113,7 +136,7 @@ def read_captions(
             values = {name: [record.get(name) for record in records] for name in names}
         elif path.is_file() and suffix == ".parquet" or path.is_dir() and any(path.rglob("*.parquet")):
             names, values = _table_rows(path, [*filter(None, (column, url_column)), *CAPTION_COLUMNS, *URL_COLUMNS])
-        elif path.is_dir() or (not path.exists() and "/" in str(source) and not str(source).startswith((".", "/"))):
+        elif path.is_dir() or (not path.exists() and _HUB_ID.match(str(source)) and not suffix):
             names, values = _dataset_rows(
                 str(source), split, [*filter(None, (column, url_column)), *CAPTION_COLUMNS, *URL_COLUMNS]
             )
@@ -126,18 +149,10 @@ def read_captions(
         texts = values[caption_column]
         urls = values[link_column] if link_column else [None] * len(texts)
         rows = [
-            Caption(str(t).strip() if t is not None else "", None if u is None else str(u)) for t, u in zip(texts, urls)
+            Caption("" if t is None else str(t).strip(), None if u is None or not str(u).strip() else str(u).strip())
+            for t, u in zip(texts, urls)
         ]
-    unique, texts_seen, urls_seen = [], set(), set()
-    for row in rows:
-        if row.text and row.text not in texts_seen and (row.url is None or row.url not in urls_seen):
-            unique.append(row)
-            texts_seen.add(row.text)
-            if row.url is not None:
-                urls_seen.add(row.url)
-    if not unique:
-        raise UserError(f"{source} holds no captions")
-    return unique
+    return rows
 
 
 def partition(captions: list, num_partitions: int = 1, index: int = 0, seed: int = 0) -> list:

@@ -34,8 +34,13 @@ from instruct_pix2pix.atomic import write_json, write_text
 from instruct_pix2pix.data.captions import Caption
 from instruct_pix2pix.data.language_model import Sampling
 from instruct_pix2pix.data.triples import (
+    FINAL,
     MODERATED_INPUT,
     MODERATED_OUTPUT,
+    REFUSED,
+    SEPARATOR,
+    TRUNCATED,
+    Rejection,
     Triple,
     chat_messages,
     few_shot_examples,
@@ -94,6 +99,7 @@ class OpenAIServer:
         }
 
     def _request(self, caption: str, attempt: int) -> str:
+
         s = self.sampling
         common = dict(
             model=self.model,
@@ -104,30 +110,46 @@ class OpenAIServer:
             presence_penalty=s.presence_penalty,
             stop=[s.stop],
         )
-        with self._errors():
-            if self.chat:
-                examples = few_shot_examples(self.examples, self.few_shot, caption, self.seed + attempt)
-                answer = self.client.chat.completions.create(messages=chat_messages(caption, examples), **common)
-                return answer.choices[0].message.content or ""
-            return self.client.completions.create(prompt=prompt(caption), **common).choices[0].text or ""
-
-    def _errors(self):
-        return _server_errors(self.base_url, self.model)
+        try:
+            with _server_errors(self.base_url, self.model):
+                if self.chat:
+                    examples = few_shot_examples(self.examples, self.few_shot, caption, self.seed + attempt)
+                    choice = self.client.chat.completions.create(messages=chat_messages(caption, examples), **common)
+                    choice = choice.choices[0]
+                    text = choice.message.content or ""
+                else:
+                    choice = self.client.completions.create(prompt=prompt(caption), **common).choices[0]
+                    text = choice.text or ""
+        except _Refused:
+            return Rejection(REFUSED)  # this caption (too long, against a content policy): skipped
+        return Rejection(TRUNCATED) if choice.finish_reason == "length" else text
 
     def complete(self, captions: list[str], attempt: int = 0) -> list[str]:
-        return list(self.pool.map(lambda c: self._request(c, attempt), captions))
+        """The captions' completions, `concurrency` requests at a time; on an error the requests not
+        yet sent are cancelled, so a failing server ends the run at once."""
+        futures = [self.pool.submit(self._request, caption, attempt) for caption in captions]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     def flagged(self, texts: list[str]) -> list[bool]:
         """The server's moderation endpoint on each text."""
-        with self._errors():
+        with _server_errors(self.base_url, "moderation", endpoint="moderations"):
             return [result.flagged for result in self.client.moderations.create(input=texts).results]
+
+
+class _Refused(Exception):
+    """A 400 or 422: the server refuses this request (not the run)."""
 
 
 class _server_errors:
     """The openai client's errors as one line each: what went wrong, and what to do."""
 
-    def __init__(self, base_url: str, model: str):
-        self.base_url, self.model = base_url, model
+    def __init__(self, base_url: str, model: str, endpoint: str | None = None):
+        self.base_url, self.model, self.endpoint = base_url, model, endpoint
 
     def __enter__(self):
         return self
@@ -142,6 +164,12 @@ class _server_errors:
             raise UserError(f"{where} refused the API key (401); set OPENAI_API_KEY") from None
         if isinstance(error, openai.PermissionDeniedError):
             raise UserError(f"{where} refused the request (403): {_message(error)}") from None
+        if isinstance(error, (openai.BadRequestError, openai.UnprocessableEntityError)) and not self.endpoint:
+            raise _Refused from None
+        if isinstance(error, openai.NotFoundError) and self.endpoint:
+            raise UserError(
+                f"{where} has no /{self.endpoint} endpoint (404); use a blocklist file with --moderation"
+            ) from None
         if isinstance(error, openai.NotFoundError):
             raise UserError(
                 f"{where} has no model {self.model!r} or no such endpoint (404); check --api-model "
@@ -203,22 +231,24 @@ def side_files(output: Path) -> tuple[Path, Path]:
     return output.with_name(output.name + ".rejected.jsonl"), output.with_name(output.name + ".stats.json")
 
 
-def _resume(output: Path, model: str) -> tuple[set[str], list[dict]]:
-    """The captions finished already (kept or skipped) and the rejections to keep; unfinished captions'
-    rejections are dropped, since those captions are sampled again. A file another model wrote is refused."""
+def _resume(output: Path, record: dict) -> tuple[set[str], set[str], list[dict]]:
+    """The captions kept and skipped already, and the rejections to keep: unfinished captions'
+    rejections are dropped, since those captions are sampled again. A file written with another
+    model or other sampling settings is refused."""
     rejected_path, _ = side_files(output)
     kept = _read_lines(output)
-    if kept and kept[0].get("model") != model:
+    if kept and (kept[0].get("model"), kept[0].get("sampling")) != (record["model"], record["sampling"]):
         raise UserError(
-            f"{output} was written with the model {kept[0].get('model')!r}: rerun with that model to go "
-            "on, or give another --output"
+            f"{output} was written with the model {kept[0].get('model')!r} and other settings "
+            f"({kept[0].get('sampling')}): rerun with those to go on, or give another --output"
         )
     rejections = _read_lines(rejected_path)
-    done = {row["input"] for row in kept} | {row["input"] for row in rejections if row["reason"] == SKIPPED}
-    keep = [row for row in rejections if row["input"] in done]
+    kept_inputs = {row["input"] for row in kept}
+    skipped = {row["input"] for row in rejections if row["reason"] == SKIPPED}
+    keep = [row for row in rejections if row["input"] in kept_inputs | skipped]
     if len(keep) != len(rejections):
         write_text(rejected_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
-    return done, keep
+    return kept_inputs, skipped, keep
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -241,11 +271,16 @@ def write_edits(
 
     output = Path(output)
     rejected_path, stats_path = side_files(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot make the folder {output.parent}: {error.strerror}") from None
     record = {**backend.describe(), "sampling": backend.sampling.record()}
-    done, earlier = _resume(output, record["model"])
-    todo = [c for c in captions if c.text not in done]
-    counts = Counter(row["reason"] for row in earlier)
-    kept_before = sum(1 for c in captions if c.text in done) - counts[SKIPPED]
+    kept_inputs, skipped, earlier = _resume(output, record)
+    texts = {c.text for c in captions}  # the counts are of these captions (a file may hold other partitions')
+    todo = [c for c in captions if c.text not in kept_inputs and c.text not in skipped]
+    counts = Counter(row["reason"] for row in earlier if row["input"] in texts)
+    kept_before = len(kept_inputs & texts)
     bar = tqdm(
         total=len(captions),
         initial=len(captions) - len(todo),
@@ -269,8 +304,8 @@ def write_edits(
             for caption, text in zip(pending, backend.complete([c.text for c in pending], attempt)):
                 parsed = parse_completion(text, caption.text)
                 if isinstance(parsed, str):
-                    rejected.append({"input": caption.text, "reason": parsed, "text": text})
-                    again.append(caption)
+                    rejected.append({"input": caption.text, "reason": parsed, "text": str(text)})
+                    (given_up if parsed in FINAL else again).append(caption)
                 else:
                     accepted.append((caption, *parsed))
             flags = [False] * len(accepted)
@@ -279,9 +314,8 @@ def write_edits(
                 flags = [pairs[2 * k] or pairs[2 * k + 1] for k in range(len(accepted))]
             for (caption, edit, edited), flag in zip(accepted, flags):
                 if flag:
-                    rejected.append(
-                        {"input": caption.text, "reason": MODERATED_OUTPUT, "text": f"{edit}\n%%\n{edited}"}
-                    )
+                    text = edit + SEPARATOR + edited
+                    rejected.append({"input": caption.text, "reason": MODERATED_OUTPUT, "text": text})
                     again.append(caption)
                 else:
                     url = {"url": caption.url} if caption.url is not None else {}

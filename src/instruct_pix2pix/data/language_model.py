@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from instruct_pix2pix.atomic import atomic_folder, write_json
-from instruct_pix2pix.data.triples import STOP, Triple, completion, prompt
+from instruct_pix2pix.data.triples import STOP, TOO_LONG, TRUNCATED, Rejection, Triple, completion, prompt
 from instruct_pix2pix.errors import UserError
 
 IGNORE = -100  # label of tokens the loss skips (the prompt, the padding)
+MIN_ROOM = 16  # a caption must leave this many tokens of the context for the completion
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -66,7 +67,7 @@ def load_causal_lm(source: str | Path, device: str | torch.device = "cpu", dtype
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     source = str(source)
-    if not Path(source).is_dir() and not _HUB_ID.match(source):
+    if not Path(source).is_dir() and (not _HUB_ID.match(source) or source.startswith((".", "/"))):
         raise UserError(
             f"no language model {source}: give a transformers folder or a hub id such as openai-community/gpt2"
         )
@@ -78,8 +79,11 @@ def load_causal_lm(source: str | Path, device: str | torch.device = "cpu", dtype
         raise UserError(
             f"{source} is a {config.model_type} model, not a causal language model (GPT-2, Llama, Qwen, ...)"
         )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load the language model {source}: {str(error).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
@@ -143,10 +147,15 @@ def finetune_lm(
         raise UserError("batch size must be >= 1, epochs > 0 and the learning rate between 0 and 1")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"{output_dir} is a file; give a folder for the fine-tuned model")
-    if (output_dir / "config.json").exists() and not (output_dir / CHECKPOINT).exists() and not overwrite:
-        raise UserError(f"{output_dir} holds a finished model already; pass --overwrite to replace it")
+    ours = {CHECKPOINT} | {p.name for p in output_dir.glob(".*.tmp")}
+    others = [p.name for p in output_dir.iterdir() if p.name not in ours] if output_dir.is_dir() else []
+    if others and not overwrite:
+        what = "a finished model" if "config.json" in others else f"other files ({', '.join(sorted(others)[:3])})"
+        raise UserError(f"{output_dir} holds {what}; pass --overwrite to replace the folder, or give another")
     device = pick_device(device)
-    model, tokenizer = load_causal_lm(source, device)
+    # float32 weights to train (the optimizer's updates are lost in bfloat16 weights), whatever the
+    # model's own dtype; save_pretrained writes them as they are.
+    model, tokenizer = load_causal_lm(source, device, torch.float32)
     max_length = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 10**6) or 10**6)
     rows = [tokenize_triple(tokenizer, t, max_length) for t in triples]
     steps = math.ceil(epochs * math.ceil(len(rows) / batch_size))
@@ -237,16 +246,21 @@ class LocalLM:
 
     @torch.no_grad()
     def complete(self, captions: list[str], attempt: int = 0) -> list[str]:
-        """One completion per caption, sampled with the settings; the same captions, seed and attempt
-        give the same completions."""
+        """One completion per caption, sampled with the settings (the same captions, seed and attempt
+        give the same completions); a `Rejection` for a caption too long for the model's context, or
+        a completion the token limit cut off before the stop sequence."""
         from transformers import LogitsProcessorList
 
-        batch = self.tokenizer([prompt(c) for c in captions], return_tensors="pt", padding=True).to(self.device)
-        length = batch.input_ids.shape[1]
         s = self.sampling
-        room = (getattr(self.model.config, "max_position_embeddings", None) or 10**9) - length
-        if room < 1:
-            raise UserError(f"a caption of {length} tokens leaves no room in {self.source}'s context; shorten it")
+        context = getattr(self.model.config, "max_position_embeddings", None) or 10**9
+        prompts = [prompt(c) for c in captions]
+        fits = [len(self.tokenizer(p).input_ids) + MIN_ROOM <= context for p in prompts]
+        results: list[str] = [Rejection(TOO_LONG) for _ in captions]
+        chosen = [p for p, ok in zip(prompts, fits) if ok]
+        if not chosen:
+            return results
+        batch = self.tokenizer(chosen, return_tensors="pt", padding=True).to(self.device)
+        length = batch.input_ids.shape[1]
         torch.manual_seed(zlib.crc32(f"{self.seed}/{attempt}/{captions[0]}".encode()))
         sample = s.temperature > 0
         output = self.model.generate(
@@ -255,11 +269,18 @@ class LocalLM:
             temperature=s.temperature if sample else None,
             top_p=s.top_p if sample else None,
             top_k=0 if sample else None,  # OpenAI samples from the whole distribution (transformers' default is 50)
-            max_new_tokens=min(s.max_tokens, room),  # never past the model's context
+            repetition_penalty=1.0,  # not a model's own generation config: the penalties are OpenAI's, below
+            max_new_tokens=min(s.max_tokens, context - length),  # never past the model's context
             logits_processor=LogitsProcessorList([FrequencyPenalty(length, s.frequency_penalty, s.presence_penalty)]),
             stop_strings=[s.stop],
             tokenizer=self.tokenizer,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        texts = self.tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
-        return [text.split(s.stop, 1)[0] for text in texts]
+        new = output[:, length:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        ended = (new == self.tokenizer.eos_token_id).any(dim=1).tolist()
+        written = iter(
+            text.split(s.stop, 1)[0] if s.stop in text or end else Rejection(TRUNCATED)
+            for text, end in zip(texts, ended)
+        )
+        return [next(written) if ok else result for ok, result in zip(fits, results)]

@@ -36,6 +36,15 @@ EMPTY = "empty"  # one of the two parts is empty
 UNCHANGED = "unchanged"  # the edited caption is the input caption
 MODERATED_INPUT = "moderated input"
 MODERATED_OUTPUT = "moderated output"
+TRUNCATED = "truncated"  # the token limit came before the stop sequence
+TOO_LONG = "too long"  # the caption does not fit in the model's context (not retried)
+REFUSED = "refused"  # the server refused the request, e.g. a 400 for its content (not retried)
+FINAL = (TOO_LONG, REFUSED)  # reasons a new sample cannot change
+
+
+class Rejection(str):
+    """What a backend returns in place of a completion it could not write: the reason."""
+
 
 Triple = dict[str, str]  # {"input", "edit", "output"}
 
@@ -116,8 +125,11 @@ def parse_completion(text: str, caption: str) -> tuple[str, str] | str:
     """(instruction, edited caption) from a completion, or the reason it is rejected.
 
     The reference's filters: exactly two parts around "\\n%%\\n", and an edited caption that is not
-    the input; ours: neither part empty. Text from "\\nEND" on is dropped (a server that ignores the
-    stop sequence still gives a usable completion)."""
+    the input; ours: neither part empty, each one line with no separator in it, and a backend's
+    `Rejection` (truncated, too long, refused) passed on. Text from "\\nEND" on is dropped (a server
+    that ignores the stop sequence still gives a usable completion)."""
+    if isinstance(text, Rejection):
+        return str(text)
     text = text.split(STOP, 1)[0]
     parts = text.split(SEPARATOR)
     if len(parts) != 2:
@@ -125,6 +137,8 @@ def parse_completion(text: str, caption: str) -> tuple[str, str] | str:
     edit, output = (part.strip() for part in parts)
     if not edit or not output:
         return EMPTY
+    if any(marker in part for part in (edit, output) for marker in ("\n", "%%", "##")):
+        return MALFORMED  # one line each: a second caption or a stray separator is not an edit
     if normalised(output) == normalised(caption):
         return UNCHANGED
     return edit, output

@@ -24,6 +24,7 @@ import torch
 
 from instruct_pix2pix.atomic import atomic_folder, write_json
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP, Triple, parse_completion
+from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import (
     BACKGROUND_WORDS,
     DIRECTIONS,
@@ -407,7 +408,10 @@ def train_language_model(
     work = Path(work)
     pretrain = {**DEFAULTS["pretrain"], **(pretrain or {})}
     finetune = {**DEFAULTS["finetune"], **(finetune or {})}
-    if not (work / "pretrain" / "model").exists():
+    for done, wanted in ((work / "pretrain" / "metrics.json", pretrain), (work / "model" / "finetune.json", finetune)):
+        if done.exists() and any(json.loads(done.read_text()).get(k) != v for k, v in wanted.items()):
+            raise UserError(f"{done.parent} was trained with other settings than {wanted}; give another work folder")
+    if not (work / "pretrain" / "metrics.json").exists():
         pretrain_language_model(work / "pretrain", progress=progress, **pretrain)
     triples = world_triples()
     if not (work / "model" / "finetune.json").exists():
