@@ -592,3 +592,13 @@ def test_cli_partitions_together_cover_every_caption_once(tmp_path, capsys):
     assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
     code, _, err = run(capsys, "data", "write-edits", tmp_path / "c.txt", "-o", tmp_path / "x.jsonl", "--chat")
     assert_one_line_error(code, err, "--chat and --concurrency are for a server")
+
+
+def test_written_edits_read_back_as_triples_and_caption_means_input(tmp_path):
+    write_edits([Caption("a cat", "u")], tmp_path / "e.jsonl", Scripted(good), progress=False)
+    assert read_triples(tmp_path / "e.jsonl") == [{"input": "a cat", "edit": "make it blue", "output": "a cat in blue"}]
+    (tmp_path / "released.jsonl").write_text(json.dumps({"caption": "a dog", "edit": "e", "output": "o"}) + "\n")
+    assert read_triples(tmp_path / "released.jsonl") == [{"input": "a dog", "edit": "e", "output": "o"}]
+    (tmp_path / "broken.jsonl").write_text('{"caption": "a dog"}\n')
+    with pytest.raises(UserError, match="line 1"):
+        read_triples(tmp_path / "broken.jsonl")
