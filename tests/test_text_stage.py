@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from openai_stub import Stub
+from test_cli import assert_one_line_error, run
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from instruct_pix2pix.cli import main
 from instruct_pix2pix.data.captions import Caption, partition, read_captions
 from instruct_pix2pix.data.edit_text import Blocklist, OpenAIServer, write_edits
 from instruct_pix2pix.data.language_model import (
@@ -38,19 +38,6 @@ from instruct_pix2pix.data.triples import (
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.language import world_tokenizer, world_triples
 from instruct_pix2pix.tokenizers import build_gpt2_tokenizer
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("ip2p: error: "), err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
