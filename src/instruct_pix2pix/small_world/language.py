@@ -247,6 +247,7 @@ class Check:
     kind: str | None
     held_out_phrasing: bool
     reason: str  # why not right ("" when right)
+    instruction: str | None = None  # the completion's instruction, when it is well formed
 
 
 def check_completion(input_caption: str, text: str) -> Check:
@@ -256,18 +257,19 @@ def check_completion(input_caption: str, text: str) -> Check:
     edit, output = parsed
     scene, matches = parse_caption(input_caption), parse_instruction(edit)
     if scene is None:
-        return Check(False, False, None, False, "input is not a world caption")
+        return Check(False, False, None, False, "input is not a world caption", edit)
     if not matches:
-        return Check(False, False, None, False, "not a world instruction")
+        return Check(False, False, None, False, "not a world instruction", edit)
     phrasing = matches[0][0]
     if parse_caption(output) is None:
-        return Check(False, False, phrasing.kind, phrasing.held_out, "edited caption is not a world caption")
-    for phrasing, words in matches:
-        after = apply_instruction(scene, phrasing, words)
+        return Check(False, False, phrasing.kind, phrasing.held_out, "edited caption is not a world caption", edit)
+    afters = [(p, apply_instruction(scene, p, w)) for p, w in matches]
+    for phrasing, after in afters:
         if after is not None and caption(after) == output:
-            return Check(True, True, phrasing.kind, phrasing.held_out, "")
-    applies = any(apply_instruction(scene, p, w) is not None for p, w in matches)
-    return Check(True, False, phrasing.kind, phrasing.held_out, "wrong edited caption" if applies else "does not apply")
+            return Check(True, True, phrasing.kind, phrasing.held_out, "", edit)
+    applies = any(after is not None for _, after in afters)
+    reason = "wrong edited caption" if applies else "does not apply"
+    return Check(True, False, phrasing.kind, phrasing.held_out, reason, edit)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -368,8 +370,7 @@ def evaluate_language_model(
         completions += backend.complete(captions[start : start + batch_size])
     seconds = time.perf_counter() - started
     checks = [check_completion(c, text) for c, text in zip(captions, completions)]
-    parsed = [parse_completion(text, c) for c, text in zip(captions, completions)]
-    instructions = [p[0] for p in parsed if isinstance(p, tuple)]
+    instructions = [c.instruction for c in checks if c.instruction is not None]
     seen = {t["edit"] for t in training}
     training_kinds = Counter(parse_instruction(t["edit"])[0][0].kind for t in training)
     kinds = Counter(c.kind for c in checks if c.parses)
