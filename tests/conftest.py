@@ -103,3 +103,27 @@ def photo(tmp_path):
     path = tmp_path / "photo.png"
     scene(96, 64).save(path)
     return path
+
+
+TINY_CLIP = {"text_config": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "projection_dim": 16},
+             "vision_config": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "patch_size": 8, "projection_dim": 16},
+             "projection_dim": 16}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIP (transformers layout, with its image processor and tokenizer)."""
+    from transformers import CLIPModel
+
+    from instruct_pix2pix.small_world.pretrain import clip_config, clip_image_processor
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer(WORDS)
+    model = CLIPModel(clip_config(tokenizer, image_size=32, overrides=TINY_CLIP))
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    clip_image_processor(32).save_pretrained(folder)
+    return folder

@@ -133,6 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
+    from instruct_pix2pix.evaluation.sweep import IMAGE_GUIDANCE, SETTINGS, STRENGTHS, TEXT_GUIDANCE
+
+    def numbers(values) -> str:
+        return ",".join(f"{value:g}" for value in values)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure a model the paper's way: CLIP similarities over a guidance sweep, SDEdit, the paper's plot",
+        description="Edit each example of a dataset (default: the small world's held-out edits) at every point "
+        "of a guidance sweep, score the edits with CLIP (and against the target), and write the table "
+        "(JSONL, CSV), the paper's plot (PNG, SVG) and a contact sheet to OUTPUT. A killed sweep goes on "
+        "where it stopped when run again.",
+    )
+    evaluate.add_argument("-o", "--output", required=True, help="folder for the results")
+    add_model_options(evaluate)
+    evaluate.add_argument("--data", help="a dataset the trainer reads (default: the small world's held-out edits)")
+    evaluate.add_argument("--split", default="test", help="the dataset's split (default: test)")
+    evaluate.add_argument("--num-samples", type=positive_int, default=100, help="examples to edit (default 100)")
+    evaluate.add_argument("--held-out-wording", action="store_true", help="small world: phrasings training never saw")
+    sweep_options = {"--text-guidance": ("text guidance scales", TEXT_GUIDANCE),
+                     "--image-guidance": ("image guidance scales", IMAGE_GUIDANCE),
+                     "--strength": ("SDEdit strengths", STRENGTHS)}  # fmt: skip
+    for flag, (text, values) in sweep_options.items():
+        evaluate.add_argument(flag, default=numbers(values), help=f"{text}, with commas (default {numbers(values)})")
+    evaluate.add_argument("--baseline-model", help="a text-to-image model for SDEdit (diffusers folder, hub id, file)")
+    evaluate.add_argument("--seed", type=int, default=0, help="every example's sampling seed (default 0)")
+    EditSettings.add_options(evaluate, SETTINGS, exclude=("guidance_scale", "image_guidance_scale"))
+    evaluate.add_argument("--clip", help="CLIP folder or hub id (default: the small world's; the paper's: "
+                          "openai/clip-vit-large-patch14)")  # fmt: skip
+    evaluate.add_argument("--clip-resize", choices=("processor", "bicubic"), default="processor",
+                          help="as CLIP's processor does (default), or the reference's: bicubic, no crop")  # fmt: skip
+    evaluate.add_argument("--target-clip", help="a CLIP for CLIP-I/CLIP-T against targets (MagicBrush: ViT-B/32)")
+    evaluate.add_argument("--dino", help="a DINO or DINOv2 model for DINO similarity to targets (facebook/dino-vits16)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16, help="examples edited together (default 16)")
+    evaluate.add_argument("--dtype", choices=tuple(DTYPE_NAMES), help="default: float32 on CPU, float16 on GPUs")
+    evaluate.add_argument("--contact-examples", type=positive_int, default=4, help="examples on the sheet (default 4)")
+    evaluate.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a sweep")
+    evaluate.add_argument("--no-progress", action="store_true")
+
     data = commands.add_parser(
         "data",
         help="make training data the paper's way: the text stage (a language model writes edits)",
@@ -710,7 +749,34 @@ def run_pretrain(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def run_evaluate(args) -> None:
+    from instruct_pix2pix.evaluation.sweep import parse_numbers
+
+    sweep = {
+        "text_guidance": parse_numbers(args.text_guidance, "--text-guidance"),
+        "image_guidance": parse_numbers(args.image_guidance, "--image-guidance"),
+        "strengths": parse_numbers(args.strength, "--strength", low=0.0, high=1.0),
+    }
+    from instruct_pix2pix.settings import EditSettings
+
+    settings = EditSettings.from_args(args)
+    check_model_source(args)
+    quiet_libraries()
+    from instruct_pix2pix.evaluation import run_evaluation
+
+    print(run_evaluation(
+        args.output, model=args.model, config=args.config, data=args.data, split=args.split,
+        num_samples=args.num_samples, held_out_wording=args.held_out_wording, settings=settings, seed=args.seed,
+        baseline_model=args.baseline_model, clip=args.clip, clip_resize=args.clip_resize, target_clip=args.target_clip,
+        dino=args.dino, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        contact=args.contact_examples, overwrite=args.overwrite, progress=not args.no_progress,
+        command=["ip2p", *args.argv],
+        **sweep,
+    ))  # fmt: skip
+
+
 COMMANDS = {
+    "evaluate": run_evaluate,
     "world": run_world,
     "data": run_data,
     "edit": run_edit,
@@ -724,7 +790,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     SHOWN_WARNINGS.clear()
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv  # the words of the command, for the figures that record how they were made
         with warnings.catch_warnings():
             # Our own warnings reach the user as one line each; the libraries' deprecation notes do not.
             warnings.simplefilter("ignore")

@@ -158,11 +158,16 @@ class EditSettings:
     # --- the command line -----------------------------------------------------------------------
 
     @classmethod
-    def add_options(cls, parser: argparse.ArgumentParser, defaults: EditSettings | None = None) -> None:
-        """One option per setting; `--resolution` and `--keep-size` exclude each other. With `defaults`
-        None an option not given stays None, so that the model's own settings apply (`given_in`)."""
+    def add_options(
+        cls, parser: argparse.ArgumentParser, defaults: EditSettings | None = None, *, exclude: tuple[str, ...] = ()
+    ) -> None:
+        """One option per setting (but those in `exclude`); `--resolution` and `--keep-size` exclude each
+        other. With `defaults` None an option not given stays None, so that the model's own settings
+        apply (`given_in`)."""
         sizes = parser.add_mutually_exclusive_group()
         for item in fields(cls):
+            if item.name in exclude:
+                continue
             meta = dict(item.metadata)
             flag, text = meta.pop("flag"), meta.pop("help")
             shown = getattr(defaults or cls(), item.name)
@@ -178,7 +183,8 @@ class EditSettings:
     @classmethod
     def given_in(cls, args: argparse.Namespace) -> dict:
         """The settings the command line gave (options added with `defaults` None)."""
-        return {item.name: getattr(args, item.name) for item in fields(cls) if getattr(args, item.name) is not None}
+        given = {item.name: getattr(args, item.name, None) for item in fields(cls)}
+        return {name: value for name, value in given.items() if value is not None}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EditSettings:

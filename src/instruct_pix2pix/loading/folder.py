@@ -177,21 +177,30 @@ def no_torchvision_warnings():
         transformers_logging.set_verbosity(verbosity)
 
 
-def diffusers_pipeline(model: ModelBundle, scheduler=None):
+def diffusers_pipeline(model: ModelBundle, scheduler=None, *, img2img: bool = False):
     """diffusers' own pipeline over a bundle's parts (no copies): StableDiffusionInstructPix2PixPipeline
-    for an editing model, StableDiffusionPipeline for a text-to-image one. `scheduler` defaults to
-    the model's scheduler config's class (Euler ancestral when that is not a diffusers scheduler)."""
+    for an editing model, StableDiffusionPipeline for a text-to-image one (StableDiffusionImg2ImgPipeline,
+    SDEdit, with `img2img`). `scheduler` defaults to the model's scheduler config's class (Euler
+    ancestral when that is not a diffusers scheduler)."""
     import diffusers
 
     with no_torchvision_warnings():  # importing the pipeline imports transformers' image processors
-        from diffusers import SchedulerMixin, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+        from diffusers import (
+            SchedulerMixin,
+            StableDiffusionImg2ImgPipeline,
+            StableDiffusionInstructPix2PixPipeline,
+            StableDiffusionPipeline,
+        )
 
     if scheduler is None:
         scheduler_class = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None)
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
             scheduler_class = diffusers.EulerAncestralDiscreteScheduler
         scheduler = scheduler_class.from_config(model.scheduler_config)
+    if img2img and model.kind == "editing":
+        raise UserError(f"{model.source} is an editing model; SDEdit needs a text-to-image model (Stable Diffusion)")
     pipeline_class = StableDiffusionInstructPix2PixPipeline if model.kind == "editing" else StableDiffusionPipeline
+    pipeline_class = StableDiffusionImg2ImgPipeline if img2img else pipeline_class
     return pipeline_class(
         vae=model.vae,
         text_encoder=model.text_encoder,

@@ -8,8 +8,11 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.loading.hub import DEFAULT_HUB_ID
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-# The shipped small-world model, trained by the project (`ip2p world train-default`).
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "small_world" / "default_model"
+# The shipped small-world models, trained by the project (`ip2p world train-default`).
+SMALL_WORLD = Path(__file__).resolve().parents[1] / "small_world"
+DEFAULT_MODEL = SMALL_WORLD / "default_model"  # the editing model (diffusers layout)
+DEFAULT_TEXT_TO_IMAGE = SMALL_WORLD / "text_to_image"  # its Stable Diffusion (diffusers layout)
+DEFAULT_CLIP = SMALL_WORLD / "clip"  # its CLIP (transformers layout), for scores and metrics
 
 
 def default_source(source: str | Path | None) -> str | Path:

@@ -31,11 +31,9 @@ import torch
 
 from instruct_pix2pix.atomic import atomic_folder
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.loading import DEFAULT_MODEL  # the shipped editing model (diffusers layout)
+from instruct_pix2pix.loading.sources import DEFAULT_CLIP, DEFAULT_MODEL, DEFAULT_TEXT_TO_IMAGE
 
 PACKAGE = Path(__file__).resolve().parent
-DEFAULT_CLIP = PACKAGE / "clip"  # the shipped small CLIP (for scores and metrics)
-DEFAULT_TEXT_TO_IMAGE = PACKAGE / "text_to_image"  # the shipped text-to-image model (diffusers layout)
 MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default models
 TEXT_TOKENS = 77  # the tokenizer's length, CLIP's: the longest caption is 68 tokens, an instruction 13
 TRAINING_EDITS = 10_000
