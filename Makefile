@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text clean
+.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text bench-evaluate clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ bench-train: setup
 # The text stage: batched local generation against one caption at a time; API concurrency 8 against 1.
 bench-text: setup
 	$(PY) benchmarks/bench_text_stage.py
+
+# Evaluation: the sweep's batched editing and scoring against one example at a time, default model.
+bench-evaluate: setup
+	$(PY) benchmarks/bench_evaluate.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

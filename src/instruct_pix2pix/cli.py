@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="as CLIP's processor does (default), or the reference's: bicubic, no crop")  # fmt: skip
     evaluate.add_argument("--target-clip", help="a CLIP for CLIP-I/CLIP-T against targets (MagicBrush: ViT-B/32)")
     evaluate.add_argument("--dino", help="a DINO or DINOv2 model for DINO similarity to targets (facebook/dino-vits16)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=16, help="examples edited together (default 16)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=8, help="examples edited together (default 8)")
     evaluate.add_argument("--dtype", choices=tuple(DTYPE_NAMES), help="default: float32 on CPU, float16 on GPUs")
     evaluate.add_argument("--contact-examples", type=positive_int, default=4, help="examples on the sheet (default 4)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a sweep")

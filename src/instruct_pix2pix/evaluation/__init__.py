@@ -60,7 +60,7 @@ def run_evaluation(
     clip_resize: str = "processor",
     target_clip: str | None = None,
     dino: str | None = None,
-    batch_size: int = 16,
+    batch_size: int = 8,
     device: str = "auto",
     dtype: str | None = None,
     contact: int = CONTACT_EXAMPLES,

@@ -131,7 +131,7 @@ class Methods:
     Every example of a batch gets a generator seeded with `seed`, as the reference does."""
 
     def __init__(self, editor, settings: EditSettings = SETTINGS, *, baseline=None, seed: int = 0,
-                 batch_size: int = 16, device="cpu"):  # fmt: skip
+                 batch_size: int = 8, device="cpu"):  # fmt: skip
         self.editor, self.settings, self.baseline = editor, editor.resolve(settings), baseline
         self.seed, self.batch_size, self.device = seed, batch_size, device
         self._img2img = None

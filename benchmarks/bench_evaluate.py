@@ -1,0 +1,104 @@
+"""Evaluation throughput: `ip2p evaluate`'s batched sweep against a one-example-at-a-time loop, in the same run.
+
+Both make and score the same edits: the shipped default model edits --examples held-out small-world
+scenes at one sweep point (text guidance 7.5, image guidance --image-guidance, seed 0, --steps), and
+the small world's CLIP scores each (the paper's four similarities, plus the MagicBrush metrics
+against the target and the ground truth, as the sweep computes them).
+
+- batched: what the sweep does, `Methods` (examples edited --batch-size at a time) and `score`
+  (features in batches; the inputs' and captions' features computed once, shared by every point);
+- loop: the reference's way (metrics/compute_metrics.py): for each example, `Editor.edit` on it
+  alone, then the same scoring on it alone.
+
+Rounds alternate who goes first; the table gives medians of edits per second and the ratio. The mean
+similarities of the two are printed too: equal up to float rounding, so both did the same work.
+
+    .venv/bin/python benchmarks/bench_evaluate.py            (figures: benchmarks/README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from bench_edit import machine
+
+from instruct_pix2pix import Editor
+from instruct_pix2pix.evaluation.examples import world_examples
+from instruct_pix2pix.evaluation.sweep import EDITOR, SETTINGS, Methods, Point, Scorers, prepare, score
+from instruct_pix2pix.metrics import ClipScorer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (the small world's sampler settings)")
+    parser.add_argument("--image-guidance", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    editor = Editor.from_pretrained(device="cpu")
+    settings = SETTINGS.replace(num_inference_steps=args.steps)
+    examples = world_examples(args.examples)
+    scorers = Scorers(ClipScorer.from_pretrained())
+    point = Point(EDITOR, 7.5, image_guidance=args.image_guidance)
+    methods = Methods(editor, settings, batch_size=args.batch_size)
+
+    def batched() -> np.ndarray:
+        prepared = prepare(examples, methods, scorers)
+        directions = []
+        for start in range(0, len(examples), args.batch_size):
+            rows = slice(start, start + args.batch_size)
+            outputs = methods(point, examples[rows], prepared.inputs[rows])
+            directions += list(score(outputs, examples[rows], prepared, scorers, rows)["clip_direction"])
+        return np.array(directions)
+
+    def loop() -> np.ndarray:
+        directions = []
+        for example in examples:
+            edit = editor.edit(example.input_image, example.instruction, settings, seed=0,
+                               image_guidance_scale=args.image_guidance, show_progress=False)  # fmt: skip
+            prepared = prepare([example], methods, scorers)
+            directions.append(score(edit.images, [example], prepared, scorers, slice(0, 1))["clip_direction"][0])
+        return np.array(directions)
+
+    times: dict[str, list[float]] = {"batched": [], "loop": []}
+    results = {}
+    for round_ in range(args.rounds):
+        order = [("batched", batched), ("loop", loop)]
+        for name, function in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            results[name] = function()
+            times[name].append(time.perf_counter() - start)
+            print(f"round {round_ + 1}: {name} {times[name][-1]:.1f} s", flush=True)
+
+    rate = {name: args.examples / statistics.median(values) for name, values in times.items()}
+    ratio = rate["batched"] / rate["loop"]
+    report = {
+        "machine": machine(torch.device("cpu")), "threads": torch.get_num_threads(), "examples": args.examples,
+        "steps": args.steps,
+        "batch_size": args.batch_size, "image_guidance": args.image_guidance, "rounds": args.rounds,
+        "seconds": times, "edits_per_second": rate, "ratio": ratio,
+        "mean_direction": {name: float(values.mean()) for name, values in results.items()},
+        "max_direction_difference": float(np.abs(results["batched"] - results["loop"]).max()),
+    }  # fmt: skip
+    print(f"\n| evaluation ({args.examples} edits, {args.steps} steps) | edits/s (median of {args.rounds}) |")
+    print("|---|---|")
+    print(f"| batched sweep (batch {args.batch_size}) | {rate['batched']:.2f} |")
+    print(f"| one example at a time | {rate['loop']:.2f} |")
+    print(f"| **ratio** | **{ratio:.2f}x** |")
+    means, most = report["mean_direction"], report["max_direction_difference"]
+    print(f"mean CLIP direction: batched {means['batched']:.4f}, loop {means['loop']:.4f} (most apart {most:.1e})")
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump(report, stream, indent=2)
+
+
+if __name__ == "__main__":
+    main()

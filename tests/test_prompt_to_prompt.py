@@ -1,0 +1,94 @@
+"""Prompt-to-Prompt pairs on tiny components: against diffusers' pipeline, and the attention it shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from instruct_pix2pix.data.prompt_to_prompt import Candidate, Sharing, draw_settings, sample_pairs, token_alignment
+from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def t2i(text_to_image_model_dir):
+    return load_model(text_to_image_model_dir, kind=TEXT_TO_IMAGE)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=int)
+
+
+def test_with_p_zero_each_image_is_what_the_pipeline_draws(t2i):
+    from instruct_pix2pix.loading import diffusers_pipeline
+    from instruct_pix2pix.settings import make_scheduler
+
+    candidates = [Candidate("a red circle", "a blue square", seed=11, p=0.0, guidance_scale=9.0),
+                  Candidate("make it snowy", "add fireworks", seed=12, p=0.0, guidance_scale=7.5)]  # fmt: skip
+    pairs = sample_pairs(t2i, candidates, num_inference_steps=STEPS)
+    pipe = diffusers_pipeline(t2i, make_scheduler("euler_ancestral", t2i.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    for candidate, pair in zip(candidates, pairs):
+        for caption, ours in zip((candidate.input_caption, candidate.output_caption), pair):
+            theirs = pipe(caption, num_inference_steps=STEPS, guidance_scale=candidate.guidance_scale,
+                          generator=torch.Generator("cpu").manual_seed(candidate.seed)).images[0]  # fmt: skip
+            assert np.abs(pixels(theirs) - pixels(ours)).max() <= 1
+
+
+def test_identical_captions_give_identical_images(t2i):
+    for p in (0.0, 1.0):
+        (first, second), = sample_pairs(t2i, [Candidate("a red circle", "a red circle", 3, p, 8.0)],
+                                        num_inference_steps=STEPS)  # fmt: skip
+        assert np.array_equal(pixels(first), pixels(second))
+
+
+def test_self_attention_is_shared_for_the_first_p_of_the_steps(t2i):
+    """Recorded in every attention call: while p > i / (steps - 1) the second image's self-attention
+    equals the first's in both guidance halves; after, it does not; cross-attention is never touched."""
+    sharing = Sharing(record=True)
+    p = 0.5  # steps 0, 1, 2 of 6 share (0.5 > i / 5)
+    sample_pairs(t2i, [Candidate("a red circle", "a blue square", 5, p, 8.0)], num_inference_steps=STEPS,
+                 sharing=sharing)  # fmt: skip
+    per_step = len(sharing.calls) // STEPS
+    for step in range(STEPS):
+        for is_self, probabilities in sharing.calls[step * per_step : (step + 1) * per_step]:
+            pairs = probabilities.view(2, 1, 2, -1, *probabilities.shape[1:])
+            same = [torch.equal(pairs[half, 0, 0], pairs[half, 0, 1]) for half in range(2)]
+            if is_self:
+                assert same == [p > step / (STEPS - 1)] * 2, (step, same)
+            else:
+                assert not same[1]  # different captions, different cross-attention
+
+
+def test_cross_mode_replaces_the_conditional_cross_attention(t2i):
+    """Word swap: as many tokens, so the second prompt's cross-attention maps are the first's in the
+    conditional half for the first p of the steps, and the unconditional half is left alone."""
+    sharing = Sharing(record=True)
+    sample_pairs(t2i, [Candidate("a red circle", "a blue circle", 5, 0.5, 8.0)], mode="cross",
+                 num_inference_steps=STEPS, n_self_replace=0.0, sharing=sharing)  # fmt: skip
+    per_step = len(sharing.calls) // STEPS
+    for step in range(STEPS):
+        for is_self, probabilities in sharing.calls[step * per_step : (step + 1) * per_step]:
+            pairs = probabilities.view(2, 1, 2, -1, *probabilities.shape[1:])
+            if not is_self:
+                assert torch.equal(pairs[1, 0, 0], pairs[1, 0, 1]) == (step < 0.5 * STEPS)
+                # the unconditional half has the same empty prompt, but its own images: left as it was
+                assert not torch.equal(pairs[0, 0, 0], pairs[0, 0, 1]) or step == 0
+
+
+def test_token_alignment_maps_shared_words_and_marks_new_ones(t2i):
+    tokenizer = t2i.tokenizer
+    mapping, kept = token_alignment(tokenizer, "a red circle", "a red circle painting", 77)
+    # <start> a red circle painting <end>: the first four map to themselves, "painting" is new
+    assert mapping[:4] == [0, 1, 2, 3] and kept[:5] == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert mapping[5] == 4  # the second's end token takes the first's end token
+    same_length = token_alignment(tokenizer, "a red circle", "a blue square", 77)
+    assert same_length == (list(range(77)), [1.0] * 77)  # word swap: position to position
+
+
+def test_settings_come_from_the_seed():
+    p, guidance = draw_settings(7)
+    assert (p, guidance) == draw_settings(7) and (p, guidance) != draw_settings(8)
+    assert 0.1 <= p <= 0.9 and 7.5 <= guidance <= 15
