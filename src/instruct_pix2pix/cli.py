@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
-    from instruct_pix2pix.evaluation.sweep import IMAGE_GUIDANCE, SETTINGS, STRENGTHS, TEXT_GUIDANCE
+    from instruct_pix2pix.settings import SWEEP_IMAGE_GUIDANCE as IMAGE_GUIDANCE
+    from instruct_pix2pix.settings import SWEEP_SETTINGS as SETTINGS
+    from instruct_pix2pix.settings import SWEEP_STRENGTHS as STRENGTHS
+    from instruct_pix2pix.settings import SWEEP_TEXT_GUIDANCE as TEXT_GUIDANCE
 
     def numbers(values) -> str:
         return ",".join(f"{value:g}" for value in values)

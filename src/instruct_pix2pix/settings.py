@@ -200,3 +200,11 @@ class EditSettings:
             elif value is not None and not (item.name == "resolution" and self.keep_size):
                 words += [flag, str(value)]
         return words
+
+
+# The paper's evaluation sweep (the reference's metrics/compute_metrics.py): text guidance 7.5, image
+# guidance 1.0 to 2.2, SDEdit over strength 0.3 to 0.9; Euler ancestral, 100 steps (`ip2p evaluate`).
+SWEEP_TEXT_GUIDANCE = (7.5,)
+SWEEP_IMAGE_GUIDANCE = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)
+SWEEP_STRENGTHS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SWEEP_SETTINGS = EditSettings(num_inference_steps=100, guidance_scale=7.5, scheduler="euler_ancestral")

@@ -28,14 +28,22 @@ from instruct_pix2pix.atomic import write_json
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WORK_PIXELS, save_png
 from instruct_pix2pix.metrics import ClipScorer, DinoScorer, similarities, target_metrics
-from instruct_pix2pix.settings import EditSettings, make_scheduler
+from instruct_pix2pix.settings import (
+    SWEEP_IMAGE_GUIDANCE,
+    SWEEP_SETTINGS,
+    SWEEP_STRENGTHS,
+    SWEEP_TEXT_GUIDANCE,
+    EditSettings,
+    make_scheduler,
+)
 
-# The paper's sweep (the reference's compute_metrics.py): text guidance 7.5, image guidance 1.0 to
-# 2.2, and SDEdit over strength 0.3 to 0.9; Euler ancestral, 100 steps, seed 0.
-TEXT_GUIDANCE = (7.5,)
-IMAGE_GUIDANCE = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)
-STRENGTHS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SETTINGS = EditSettings(num_inference_steps=100, guidance_scale=7.5, scheduler="euler_ancestral")
+# The paper's sweep: in settings.py, which the CLI reads before any heavy import.
+TEXT_GUIDANCE, IMAGE_GUIDANCE, STRENGTHS, SETTINGS = (
+    SWEEP_TEXT_GUIDANCE,
+    SWEEP_IMAGE_GUIDANCE,
+    SWEEP_STRENGTHS,
+    SWEEP_SETTINGS,
+)
 CONTACT_EXAMPLES = 4  # outputs kept per point for the contact sheet
 POINTS = "points"
 MANIFEST = "sweep.json"
