@@ -133,10 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_info.add_argument("--split", default="train")
     dataset_info.add_argument("--rows", type=positive_int, default=3)
 
-    from instruct_pix2pix.settings import SWEEP_IMAGE_GUIDANCE as IMAGE_GUIDANCE
-    from instruct_pix2pix.settings import SWEEP_SETTINGS as SETTINGS
-    from instruct_pix2pix.settings import SWEEP_STRENGTHS as STRENGTHS
-    from instruct_pix2pix.settings import SWEEP_TEXT_GUIDANCE as TEXT_GUIDANCE
+    from instruct_pix2pix.settings import SWEEP_IMAGE_GUIDANCE, SWEEP_SETTINGS, SWEEP_STRENGTHS, SWEEP_TEXT_GUIDANCE
 
     def numbers(values) -> str:
         return ",".join(f"{value:g}" for value in values)
@@ -155,14 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="the dataset's split (default: test)")
     evaluate.add_argument("--num-samples", type=positive_int, default=100, help="examples to edit (default 100)")
     evaluate.add_argument("--held-out-wording", action="store_true", help="small world: phrasings training never saw")
-    sweep_options = {"--text-guidance": ("text guidance scales", TEXT_GUIDANCE),
-                     "--image-guidance": ("image guidance scales", IMAGE_GUIDANCE),
-                     "--strength": ("SDEdit strengths", STRENGTHS)}  # fmt: skip
+    sweep_options = {"--text-guidance": ("text guidance scales", SWEEP_TEXT_GUIDANCE),
+                     "--image-guidance": ("image guidance scales", SWEEP_IMAGE_GUIDANCE),
+                     "--strength": ("SDEdit strengths", SWEEP_STRENGTHS)}  # fmt: skip
     for flag, (text, values) in sweep_options.items():
         evaluate.add_argument(flag, default=numbers(values), help=f"{text}, with commas (default {numbers(values)})")
     evaluate.add_argument("--baseline-model", help="a text-to-image model for SDEdit (diffusers folder, hub id, file)")
     evaluate.add_argument("--seed", type=int, default=0, help="every example's sampling seed (default 0)")
-    EditSettings.add_options(evaluate, SETTINGS, exclude=("guidance_scale", "image_guidance_scale"))
+    EditSettings.add_options(evaluate, SWEEP_SETTINGS, exclude=("guidance_scale", "image_guidance_scale"))
     evaluate.add_argument("--clip", help="CLIP folder or hub id (default: the small world's; the paper's: "
                           "openai/clip-vit-large-patch14)")  # fmt: skip
     evaluate.add_argument("--clip-resize", choices=("processor", "bicubic"), default="processor",

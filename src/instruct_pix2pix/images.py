@@ -281,6 +281,13 @@ def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     return (2.0 * batch - 1.0).contiguous()
 
 
+def unit_pixels(images: Sequence[Image.Image]) -> list[torch.Tensor]:
+    """Each image as a (3, H, W) float32 tensor in [0, 1] (sizes may differ; `to_tensor` gives [-1, 1])."""
+    import torch
+
+    return [torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255).permute(2, 0, 1) for image in images]
+
+
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:
     """Turn decoder output in [-1, 1] (NCHW, or CHW for one image) into PIL images.
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.images import unit_pixels
 from instruct_pix2pix.loading.sources import DEFAULT_CLIP  # the small world's CLIP
 
 REFERENCE_CLIP = "openai/clip-vit-large-patch14"  # the paper's
@@ -62,12 +63,6 @@ def _features(output) -> torch.Tensor:
 def cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Row-wise cosine similarity; 0 where a row is all zeros (an output identical to its input)."""
     return F.cosine_similarity(a, b, dim=-1).clamp(-1, 1).numpy().astype(np.float64)
-
-
-def unit_pixels(images: Sequence[Image.Image]) -> list[torch.Tensor]:
-    """Each image as a (3, H, W) float tensor in [0, 1]."""
-    return [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-            for image in images]  # fmt: skip
 
 
 class ClipScorer:

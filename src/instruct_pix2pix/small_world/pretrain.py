@@ -26,12 +26,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from instruct_pix2pix.atomic import atomic_folder, write_json
 from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.images import unit_pixels
 from instruct_pix2pix.small_world.edits import sample_edits, vocabulary
 from instruct_pix2pix.small_world.scenes import Scene, caption, render
 from instruct_pix2pix.tokenizers import build_clip_tokenizer
@@ -82,8 +82,7 @@ def training_scenes(step: int, batch_size: int) -> list[Scene]:
 
 def to_unit_tensor(images) -> torch.Tensor:
     """PIL RGB images -> float tensor (N, 3, H, W) in [0, 1] (images.to_tensor gives [-1, 1])."""
-    pixels = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    return torch.stack(unit_pixels(images))
 
 
 def clip_pixels(images) -> torch.Tensor:
