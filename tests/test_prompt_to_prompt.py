@@ -92,3 +92,42 @@ def test_settings_come_from_the_seed():
     p, guidance = draw_settings(7)
     assert (p, guidance) == draw_settings(7) and (p, guidance) != draw_settings(8)
     assert 0.1 <= p <= 0.9 and 7.5 <= guidance <= 15
+
+
+@pytest.mark.parametrize("mode", ["self", "cross"])
+def test_shared_queries_and_keys_give_what_shared_probabilities_give(mode):
+    """Sampling passes the first image's queries and keys to fused attention instead of building the
+    attention matrix; recording builds the matrix and shares it. One attention layer, two pairs (the
+    first sharing, the second not): the same outputs, and not those of no sharing."""
+    from diffusers.models.attention_processor import Attention
+
+    from instruct_pix2pix.data.prompt_to_prompt import SharedAttentionProcessor
+
+    torch.manual_seed(0)
+    layers = {False: Attention(query_dim=32, heads=4, dim_head=8),
+              True: Attention(query_dim=32, heads=4, dim_head=8, cross_attention_dim=16)}  # fmt: skip
+    hidden = torch.randn(8, 64, 32)  # [uncond, cond] x 2 pairs x (first, second), 8x8 tokens
+    context = torch.randn(8, 7, 16)
+
+    def attend(sharing, cross: bool):
+        layers[cross].set_processor(SharedAttentionProcessor(sharing))
+        with torch.no_grad():
+            return layers[cross](hidden, encoder_hidden_states=context if cross else None)
+
+    def sharing(record: bool, on: bool = True):
+        return Sharing(mode=mode, record=record, share_self=torch.tensor([on, False]),
+                       share_cross=torch.tensor([on, False]), token_map=torch.tensor([[0, 2, 1, 3, 4, 5, 6]] * 2),
+                       token_kept=torch.tensor([[1.0, 1, 1, 0, 1, 1, 1]] * 2))  # fmt: skip
+
+    for cross in (False, True):
+        fast, explicit, plain = (
+            attend(sharing(False), cross),
+            attend(sharing(True), cross),
+            attend(sharing(False, False), cross),
+        )
+        torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
+        changed = (fast - plain).abs().amax(dim=(1, 2)).view(2, 2, 2) > 1e-4  # (half, pair, image)
+        shared_halves = [mode == "self" and not cross, True]
+        if cross and mode == "self":
+            shared_halves = [False, False]  # self mode leaves cross-attention alone
+        assert changed[:, 0, 1].tolist() == shared_halves and not changed[:, 1].any() and not changed[:, :, 0].any()

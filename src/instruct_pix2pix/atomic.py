@@ -136,3 +136,25 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(error, OSError):
             raise _cannot_write(path, error) from error
         raise
+
+
+def check_job_folder(folder: str | os.PathLike[str], manifest: str, record: dict, *, what: str,
+                     overwrite: bool = False) -> None:  # fmt: skip
+    """Before a resumable job starts: `folder` is new, empty, or holds the same job (its `manifest`
+    file equals `record`); else one line saying which settings differ. `what` names the job."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; give a folder for the {what}")
+    if overwrite or not folder.exists() or not any(folder.iterdir()):
+        return
+    path = folder / manifest
+    if not path.is_file():
+        raise UserError(f"{folder} holds other files and no {manifest}; give an empty or new folder")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable; give another folder, or --overwrite to start again") from None
+    differ = sorted(key for key in set(stored) | set(record) if stored.get(key) != record.get(key))
+    if differ:
+        raise UserError(f"{folder} holds a {what} with other settings ({', '.join(differ)} differ); use another "
+                        "-o, or --overwrite to start again")  # fmt: skip

@@ -40,7 +40,21 @@ def add_model_options(parser: argparse.ArgumentParser, *, device: bool = True, c
 
 def build_parser() -> argparse.ArgumentParser:
     from instruct_pix2pix.images import DEFAULT_MAX_WORK_PIXELS
-    from instruct_pix2pix.settings import DTYPE_NAMES, EditSettings, positive_int
+    from instruct_pix2pix.settings import (
+        DTYPE_NAMES,
+        PAIR_CANDIDATES,
+        PAIR_CLIP_CAPTION,
+        PAIR_CLIP_DIRECTION,
+        PAIR_CLIP_IMAGE,
+        PAIR_GUIDANCE_RANGE,
+        PAIR_KEEP,
+        PAIR_MODES,
+        PAIR_P_RANGE,
+        PAIR_STEPS,
+        REFERENCE_CLIP,
+        EditSettings,
+        positive_int,
+    )
 
     parser = Parser(
         prog="ip2p",
@@ -232,6 +246,82 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--max-tokens", type=positive_int, default=256)
     write.add_argument("--device", default="auto", help="a local LM's device: auto (default), cpu, cuda, mps")
     write.add_argument("--no-progress", action="store_true")
+
+    pairs = data_commands.add_parser(
+        "make-pairs", help="draw Prompt-to-Prompt image pairs for edits, filter them by CLIP, write a dataset"
+    )
+    pairs.add_argument("edits", help="the text stage's JSONL (input or caption, edit, output on each line)")
+    pairs.add_argument("-o", "--output", required=True, help="the dataset folder (a rerun goes on with it)")
+    pairs.add_argument("--model", help="a text-to-image model: diffusers folder, hub id or .safetensors/.ckpt "
+                       "(default: the small world's)")  # fmt: skip
+    pairs.add_argument("--config", help="diffusers config folder a single-file checkpoint is read with")
+    pairs.add_argument("--clip", help="CLIP folder or hub id for the filter (default: the small world's with the "
+                       f"default model, else the paper's {REFERENCE_CLIP})")  # fmt: skip
+    pairs.add_argument(
+        "--format",
+        choices=("folder", "parquet"),
+        default="folder",
+        help="folder: the reference's layout (default); parquet: the released dataset's schema",
+    )
+    pairs.add_argument("--mode", choices=PAIR_MODES, default="self",
+                       help="self: share self-attention (the reference's, default); cross: the original "
+                       "Prompt-to-Prompt (word swap / refine of cross-attention)")  # fmt: skip
+    pairs.add_argument("--steps", type=positive_int, default=PAIR_STEPS, help=f"sampling steps (default {PAIR_STEPS})")
+    pairs.add_argument("--scheduler", default="euler_ancestral", help="sampler (default euler_ancestral)")
+    pairs.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=PAIR_CANDIDATES,
+        help=f"pairs drawn per edit before the filter (default {PAIR_CANDIDATES})",
+    )
+    pairs.add_argument(
+        "--keep",
+        type=positive_int,
+        default=PAIR_KEEP,
+        help=f"the most pairs kept per edit, best by direction (default {PAIR_KEEP})",
+    )
+    pairs.add_argument(
+        "--clip-image-threshold",
+        type=float,
+        default=PAIR_CLIP_IMAGE,
+        help=f"image-image similarity (default {PAIR_CLIP_IMAGE}, the paper's; the reference code: 0.7)",
+    )
+    pairs.add_argument(
+        "--clip-direction-threshold",
+        type=float,
+        default=PAIR_CLIP_DIRECTION,
+        help=f"directional similarity (default {PAIR_CLIP_DIRECTION})",
+    )
+    pairs.add_argument(
+        "--clip-caption-threshold",
+        type=float,
+        default=PAIR_CLIP_CAPTION,
+        help=f"each image's similarity to its caption (default {PAIR_CLIP_CAPTION})",
+    )
+    pairs.add_argument(
+        "--p-range", default=",".join(map(str, PAIR_P_RANGE)), help="p is uniform in this range (default 0.1,0.9)"
+    )
+    pairs.add_argument(
+        "--guidance-range",
+        default=",".join(map(str, PAIR_GUIDANCE_RANGE)),
+        help="the text guidance scale is uniform in this range (default 7.5,15.0)",
+    )
+    pairs.add_argument(
+        "--self-replace",
+        type=float,
+        default=0.4,
+        help="cross mode: the share of steps whose self-attention is the first image's (default 0.4)",
+    )
+    pairs.add_argument("--batch-size", type=positive_int, default=8, help="pairs through the UNet at once (default 8)")
+    pairs.add_argument("--num-partitions", type=positive_int, default=1, help="split the edits into N parts")
+    pairs.add_argument("--partition", type=int, default=0, help="which part this run does (0 to N-1)")
+    pairs.add_argument("--seed", type=int, default=0, help="seeds every candidate and the partitions (default 0)")
+    pairs.add_argument("--limit", type=positive_int, help="only the first N edits of the partition")
+    pairs.add_argument("--device", default="auto", help="auto (default; under accelerate launch, each "
+                       "process's GPU), cpu, cuda, cuda:N, mps")  # fmt: skip
+    pairs.add_argument("--dtype", choices=tuple(DTYPE_NAMES), help="default: float32 on CPU, float16 on GPUs")
+    pairs.add_argument("--overwrite", action="store_true", help="start again in a folder that holds other pairs")
+    pairs.add_argument("--no-progress", action="store_true")
 
     world = commands.add_parser(
         "world",
@@ -634,8 +724,83 @@ def run_data(args) -> None:
             overwrite=args.overwrite,
         )
         print(f"{args.output}: {record['steps']} steps, loss {record['loss']:.4f}")
+    elif args.data_command == "make-pairs":
+        run_make_pairs(args)
     else:
         run_write_edits(args)
+
+
+def run_make_pairs(args) -> None:
+    import os
+
+    from instruct_pix2pix.data.triples import read_triples
+    from instruct_pix2pix.loading.sources import DEFAULT_CLIP, DEFAULT_TEXT_TO_IMAGE
+    from instruct_pix2pix.settings import REFERENCE_CLIP, check_scheduler, parse_numbers
+
+    def unit_range(text: str, flag: str, low: float, high: float) -> tuple[float, float]:
+        values = parse_numbers(text, flag, low=low, high=high)
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2 or values[0] > values[1]:
+            raise UserError(f"{flag} takes two numbers, the least and the most, e.g. {flag} {low:g},{high:g}")
+        return values
+
+    p_range = unit_range(args.p_range, "--p-range", 0.0, 1.0)
+    guidance_range = unit_range(args.guidance_range, "--guidance-range", 0.0, 100.0)
+    check_scheduler(args.scheduler)
+    if not 0 <= args.partition < args.num_partitions:
+        raise UserError(f"--partition must be between 0 and {args.num_partitions - 1}, not {args.partition}")
+    if not 0.0 <= args.self_replace <= 1.0:
+        raise UserError("--self-replace is a share of the steps, from 0 to 1")
+    edits = read_triples(args.edits)
+    if args.model is None and not (DEFAULT_TEXT_TO_IMAGE / "model_index.json").is_file():
+        raise UserError(f"the small world's text-to-image model is not in {DEFAULT_TEXT_TO_IMAGE} yet; "
+                        "pass --model (a diffusers folder, hub id or .safetensors/.ckpt file)")  # fmt: skip
+    model_source = args.model or DEFAULT_TEXT_TO_IMAGE
+    args.model = str(model_source)
+    check_model_source(args)
+    clip_source = args.clip or (DEFAULT_CLIP if model_source == DEFAULT_TEXT_TO_IMAGE else REFERENCE_CLIP)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} is a file; give a folder for the image pairs")
+    quiet_libraries()
+    from accelerate import PartialState
+
+    from instruct_pix2pix.data.image_pairs import WORK, ClipFilter, PairSettings, check_output, make_pairs, write_seeds
+    from instruct_pix2pix.editing import evaluating, pick_device, pick_dtype
+    from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
+    from instruct_pix2pix.metrics import ClipScorer
+
+    state = PartialState(cpu=args.device == "cpu")
+    if args.overwrite and state.num_processes > 1:
+        raise UserError("--overwrite is for one process; remove the folder first, then launch the processes")
+    device = state.device if args.device == "auto" and state.num_processes > 1 else pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    settings = PairSettings(mode=args.mode, steps=args.steps, candidates=args.candidates, p_range=p_range,
+                            guidance_range=guidance_range, n_self_replace=args.self_replace,
+                            scheduler=args.scheduler)  # fmt: skip
+    clip_filter = ClipFilter(args.clip_image_threshold, args.clip_direction_threshold, args.clip_caption_threshold,
+                             args.keep)  # fmt: skip
+    record = {"model": str(model_source), "clip": str(clip_source), "dtype": str(dtype).removeprefix("torch."),
+              "edits": os.path.abspath(args.edits)}  # fmt: skip
+    check_output(output, record, settings, clip_filter, args.seed, args.num_partitions, args.format, args.overwrite)
+    model = load_model(model_source, kind=TEXT_TO_IMAGE, dtype=dtype, config=args.config)
+    scorer = ClipScorer.from_pretrained(clip_source, device=device)
+    for part in (model.unet, model.vae, model.text_encoder):
+        part.to(device)
+    with evaluating(model.unet, model.vae, model.text_encoder):
+        stats = make_pairs(
+            edits, output, model, scorer, settings=settings, clip_filter=clip_filter, record=record, seed=args.seed,
+            num_partitions=args.num_partitions, partition_index=args.partition, format=args.format,
+            batch_size=args.batch_size, device=device, limit=args.limit, overwrite=args.overwrite,
+            progress=not args.no_progress and state.is_local_main_process, process_index=state.process_index,
+            num_processes=state.num_processes,
+        )  # fmt: skip
+    state.wait_for_everyone()
+    if state.num_processes > 1 and state.is_main_process:  # every process's folders are in now
+        write_seeds(output / WORK if args.format == "parquet" else output)
+    print(f"{stats['output']}: {stats['kept']} pairs kept for {stats['edits']} edits "
+          f"({stats['written']} edits drawn now, {stats['done_before']} done before)")  # fmt: skip
 
 
 def run_write_edits(args) -> None:
@@ -750,7 +915,7 @@ def run_pretrain(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    from instruct_pix2pix.evaluation.sweep import parse_numbers
+    from instruct_pix2pix.settings import parse_numbers
 
     sweep = {
         "text_guidance": parse_numbers(args.text_guidance, "--text-guidance"),

@@ -33,8 +33,8 @@ from PIL import Image
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import unit_pixels
 from instruct_pix2pix.loading.sources import DEFAULT_CLIP  # the small world's CLIP
+from instruct_pix2pix.settings import REFERENCE_CLIP
 
-REFERENCE_CLIP = "openai/clip-vit-large-patch14"  # the paper's
 RESIZES = ("processor", "bicubic")
 DINO_TYPES = ("vit", "dinov2", "dinov2_with_registers")
 

@@ -202,9 +202,42 @@ class EditSettings:
         return words
 
 
+def parse_numbers(text: str, flag: str, *, low: float | None = None, high: float | None = None) -> tuple[float, ...]:
+    """'1.0,1.2,1.4' -> (1.0, 1.2, 1.4); a word that is not a number (or outside [low, high]) is one line."""
+    values = []
+    for word in text.split(","):
+        try:
+            value = float(word)
+        except ValueError:
+            raise UserError(f"{flag}: {word.strip()!r} is not a number; give numbers separated by commas, "
+                            f"e.g. {flag} 1.0,1.2,1.4") from None  # fmt: skip
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
+            raise UserError(f"{flag}: {word.strip()} is out of range; give finite numbers{span}")
+        values.append(value)
+    return tuple(dict.fromkeys(values))
+
+
 # The paper's evaluation sweep (the reference's metrics/compute_metrics.py): text guidance 7.5, image
 # guidance 1.0 to 2.2, SDEdit over strength 0.3 to 0.9; Euler ancestral, 100 steps (`ip2p evaluate`).
 SWEEP_TEXT_GUIDANCE = (7.5,)
 SWEEP_IMAGE_GUIDANCE = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)
 SWEEP_STRENGTHS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SWEEP_SETTINGS = EditSettings(num_inference_steps=100, guidance_scale=7.5, scheduler="euler_ancestral")
+
+
+REFERENCE_CLIP = "openai/clip-vit-large-patch14"  # the paper's CLIP, for its metrics and its filter
+
+# The image stage (the reference's dataset_creation/generate_img_dataset.py; `ip2p data make-pairs`):
+# Euler ancestral over 100 steps, p ~ U[0.1, 0.9] of the steps with shared attention, text guidance
+# ~ U[7.5, 15], 100 candidates per caption pair, the best 4 kept by directional CLIP similarity among
+# those that pass the thresholds. The paper says image similarity 0.75; the reference code uses 0.7.
+PAIR_MODES = ("self", "cross")  # the reference's shared self-attention; the original Prompt-to-Prompt's
+PAIR_STEPS = 100
+PAIR_CANDIDATES = 100
+PAIR_KEEP = 4
+PAIR_P_RANGE = (0.1, 0.9)
+PAIR_GUIDANCE_RANGE = (7.5, 15.0)
+PAIR_CLIP_IMAGE = 0.75
+PAIR_CLIP_DIRECTION = 0.2
+PAIR_CLIP_CAPTION = 0.2

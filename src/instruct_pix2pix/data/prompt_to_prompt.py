@@ -15,8 +15,9 @@ first fraction p of the steps the second image is made to attend as the first do
   maps in layers of at most 16x16 tokens are the first's for the first `n_self_replace` of the steps.
 
 Replacing the scores before the softmax or the probabilities after it gives the same numbers (the
-softmax of equal rows is equal), so the processors replace probabilities. They are diffusers
-attention processors (`unet.set_attn_processor`); sampling is diffusers' scheduler in a short loop
+softmax of equal rows is equal); for self-attention the processors go one step further and give the
+second image the first's queries and keys, which is the same again without the attention matrix.
+They are diffusers attention processors (`unet.set_attn_processor`); sampling is diffusers' scheduler in a short loop
 of our own, since every candidate has its own guidance scale and its own p.
 
     pairs = sample_pairs(model, [Candidate("a cat", "a dog", seed=1, p=0.5, guidance_scale=9.0)])
@@ -39,11 +40,9 @@ from PIL import Image
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import to_pil
 from instruct_pix2pix.prompts import encode_prompts, prompt_length
-from instruct_pix2pix.settings import make_scheduler
+from instruct_pix2pix.settings import PAIR_GUIDANCE_RANGE, PAIR_MODES, PAIR_P_RANGE, make_scheduler
 
-MODES = ("self", "cross")
-P_RANGE = (0.1, 0.9)  # the reference's --min-p2p / --max-p2p
-GUIDANCE_RANGE = (7.5, 15.0)  # its --min-cfg / --max-cfg
+MODES = PAIR_MODES
 SELF_REPLACE_MAX_TOKENS = 16**2  # the community pipeline replaces self-attention only at 16x16 and below
 
 
@@ -58,7 +57,7 @@ class Candidate:
     guidance_scale: float
 
 
-def draw_settings(seed: int, p_range=P_RANGE, guidance_range=GUIDANCE_RANGE) -> tuple[float, float]:
+def draw_settings(seed: int, p_range=PAIR_P_RANGE, guidance_range=PAIR_GUIDANCE_RANGE) -> tuple[float, float]:
     """p ~ U[p_range] and the guidance scale ~ U[guidance_range], drawn from the candidate's own seed
     (a stream apart from its noise, so that with p = 0 a pair is exactly what a pipeline draws)."""
     rng = np.random.default_rng([seed, 1])
@@ -86,14 +85,20 @@ class Sharing:
     record: bool = False
 
 
-def _pairs(probabilities: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
-    """(batch * heads, q, k) -> (2 halves, pairs, 2 images, heads, q, k), a view."""
-    return probabilities.view(2, batch // 4, 2, heads, *probabilities.shape[1:])
+def _pairs(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A batch-major tensor (batch [* heads], ...) as (2 halves, pairs, 2 images, ...), a view."""
+    return x.view(2, batch // 4, 2, -1, *x.shape[1:])
 
 
 class SharedAttentionProcessor:
-    """A diffusers attention processor that computes attention explicitly and applies `Sharing`;
-    with nothing to share at a step it uses PyTorch's scaled-dot-product attention."""
+    """A diffusers attention processor that applies `Sharing`.
+
+    Shared self-attention needs no attention matrix: softmax(q1 k1^T) v2 is scaled-dot-product
+    attention with the first image's queries and keys and the second's values, so the second image's
+    queries and keys are replaced by the first's and PyTorch's fused attention runs as usual (at SD's
+    4096 tokens the matrices would be gigabytes). Cross-attention (77 keys) is mapped token by token on
+    explicit probabilities. With `sharing.record`, every call computes explicit probabilities, shares
+    them and records them, which is what the tests look at."""
 
     def __init__(self, sharing: Sharing):
         self.sharing = sharing
@@ -114,12 +119,14 @@ class SharedAttentionProcessor:
         if not is_self and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        active = self._active(is_self, tokens)
 
-        if self._active(is_self, tokens) or self.sharing.record:
+        if self.sharing.record or (active and not is_self):
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
             q, k, v = (attn.head_to_batch_dim(x) for x in (query, key, value))
             probabilities = attn.get_attention_scores(q, k, mask)  # softmax(q k^T * scale), (batch * heads, q, k)
-            probabilities = self._share(probabilities, is_self, tokens, batch, attn.heads)
+            if active:
+                probabilities = (self._share_self if is_self else self._share_cross)(probabilities, batch)
             if self.sharing.record:
                 self.sharing.calls.append((is_self, probabilities.detach().clone()))
             hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, v))
@@ -130,6 +137,8 @@ class SharedAttentionProcessor:
                 mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
             head = query.shape[-1] // attn.heads
             q, k, v = (x.view(batch, -1, attn.heads, head).transpose(1, 2) for x in (query, key, value))
+            if active:  # self-attention: the second image attends with the first's queries and keys
+                q, k = self._share_self(q, batch), self._share_self(k, batch)
             hidden_states = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
             hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head).to(q.dtype)
 
@@ -148,22 +157,26 @@ class SharedAttentionProcessor:
             return s.mode == "self" or tokens <= SELF_REPLACE_MAX_TOKENS
         return s.mode == "cross" and s.share_cross is not None and bool(s.share_cross.any())
 
-    def _share(self, probabilities, is_self: bool, tokens: int, batch: int, heads: int) -> torch.Tensor:
-        if not self._active(is_self, tokens):
-            return probabilities
+    def _share_self(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """The second image's rows replaced by the first's for the sharing pairs, in both halves
+        (`self`, the reference's) or the conditional half (`cross`); x is batch-major."""
         s = self.sharing
-        pairs = _pairs(probabilities, batch, heads).clone()
-        if is_self:
-            chosen = s.share_self[:, None, None, None]
-            halves = range(2) if s.mode == "self" else (1,)  # the reference shares both halves
-            for half in halves:
-                pairs[half, :, 1] = torch.where(chosen, pairs[half, :, 0], pairs[half, :, 1])
-        else:  # the conditional half's cross-attention, mapped token by token
-            first, second = pairs[1, :, 0], pairs[1, :, 1]  # (pairs, heads, q, tokens)
-            index = s.token_map[:, None, None, :].expand_as(first)
-            kept = s.token_kept[:, None, None, :].to(first.dtype)
-            mapped = torch.gather(first, -1, index) * kept + second * (1 - kept)
-            pairs[1, :, 1] = torch.where(s.share_cross[:, None, None, None], mapped, second)
+        pairs = _pairs(x, batch).clone()
+        chosen = s.share_self.view(-1, *[1] * (pairs.dim() - 3))
+        for half in range(2) if s.mode == "self" else (1,):
+            pairs[half, :, 1] = torch.where(chosen, pairs[half, :, 0], pairs[half, :, 1])
+        return pairs.view_as(x)
+
+    def _share_cross(self, probabilities: torch.Tensor, batch: int) -> torch.Tensor:
+        """The conditional half's cross-attention of the second prompt: each of its tokens takes the
+        map of the first prompt's token it is aligned with (word swap / refine)."""
+        s = self.sharing
+        pairs = _pairs(probabilities, batch).clone()
+        first, second = pairs[1, :, 0], pairs[1, :, 1]  # (pairs, heads, q, tokens)
+        index = s.token_map[:, None, None, :].expand_as(first)
+        kept = s.token_kept[:, None, None, :].to(first.dtype)
+        mapped = torch.gather(first, -1, index) * kept + second * (1 - kept)
+        pairs[1, :, 1] = torch.where(s.share_cross[:, None, None, None], mapped, second)
         return pairs.view_as(probabilities)
 
 

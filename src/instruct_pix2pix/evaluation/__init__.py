@@ -26,7 +26,6 @@ from instruct_pix2pix.evaluation.sweep import (
     Methods,
     Point,
     Scorers,
-    parse_numbers,
     run_sweep,
     sweep_points,
 )
@@ -36,7 +35,7 @@ SMALL_WORLD_DATA = "small world (held-out edits)"
 
 __all__ = [
     "CONTACT_EXAMPLES", "IMAGE_GUIDANCE", "RESULTS", "SETTINGS", "STRENGTHS", "TEXT_GUIDANCE", "Example", "Methods",
-    "Point", "Scorers", "dataset_examples", "format_table", "parse_numbers", "run_evaluation", "run_sweep",
+    "Point", "Scorers", "dataset_examples", "format_table", "run_evaluation", "run_sweep",
     "sweep_points", "world_examples", "write_report",
 ]  # fmt: skip
 

@@ -14,7 +14,6 @@ A killed sweep keeps the points it finished; the same command again goes on with
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instruct_pix2pix.atomic import write_json
-from instruct_pix2pix.errors import UserError
+from instruct_pix2pix.atomic import check_job_folder, write_json
 from instruct_pix2pix.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WORK_PIXELS, save_png
 from instruct_pix2pix.metrics import ClipScorer, DinoScorer, similarities, target_metrics
 from instruct_pix2pix.settings import (
@@ -112,22 +110,6 @@ def sweep_points(text_guidance: Sequence[float] = TEXT_GUIDANCE, image_guidance:
     if unchanged:
         points.append(Point(UNCHANGED, float(text_guidance[0])))
     return points
-
-
-def parse_numbers(text: str, flag: str, *, low: float | None = None, high: float | None = None) -> tuple[float, ...]:
-    """'1.0,1.2,1.4' -> (1.0, 1.2, 1.4); a word that is not a number (or outside [low, high]) is one line."""
-    values = []
-    for word in text.split(","):
-        try:
-            value = float(word)
-        except ValueError:
-            raise UserError(f"{flag}: {word.strip()!r} is not a number; give numbers separated by commas, "
-                            f"e.g. {flag} 1.0,1.2,1.4") from None  # fmt: skip
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
-            raise UserError(f"{flag}: {word.strip()} is out of range; give finite numbers{span}")
-        values.append(value)
-    return tuple(dict.fromkeys(values))
 
 
 # --- the methods ----------------------------------------------------------------------------------
@@ -260,22 +242,6 @@ def world_truth(outputs, examples, wrong_answers) -> dict[str, np.ndarray]:
     return {"success": np.array(success, dtype=np.float64), "read_right": np.array(read_right, dtype=np.float64)}
 
 
-def check_output(output: Path, record: dict, *, overwrite: bool) -> None:
-    """Refuse a folder that holds another sweep (or anything else) before any work starts."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output} is a file; give a folder for the sweep's results")
-    manifest = output / MANIFEST
-    if overwrite or not output.exists() or not any(output.iterdir()):
-        return
-    if not manifest.is_file():
-        raise UserError(f"{output} holds other files and no {MANIFEST}; give an empty or new folder")
-    stored = json.loads(manifest.read_text(encoding="utf-8"))
-    differ = sorted(key for key in set(stored) | set(record) if stored.get(key) != record.get(key))
-    if differ:
-        raise UserError(f"{output} holds a sweep with other settings ({', '.join(differ)} differ); use another "
-                        "-o, or --overwrite to start again")  # fmt: skip
-
-
 def run_sweep(output: str | Path, examples: Sequence[Example], points: Sequence[Point], methods: Methods,
               scorers: Scorers, *, record: dict, overwrite: bool = False, progress: bool = True,
               contact: int = CONTACT_EXAMPLES) -> dict[Point, dict]:  # fmt: skip
@@ -284,7 +250,7 @@ def run_sweep(output: str | Path, examples: Sequence[Example], points: Sequence[
     from tqdm.auto import tqdm
 
     output = Path(output)
-    check_output(output, record, overwrite=overwrite)
+    check_job_folder(output, MANIFEST, record, what="sweep", overwrite=overwrite)
     if overwrite and output.exists():
         shutil.rmtree(output / POINTS, ignore_errors=True)
     write_json(output / MANIFEST, record)
