@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text bench-evaluate clean
+.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text bench-evaluate bench-pairs clean
 
 setup: $(VENV)/.installed
 
@@ -64,6 +64,11 @@ bench-text: setup
 # Evaluation: the sweep's batched editing and scoring against one example at a time, default model.
 bench-evaluate: setup
 	$(PY) benchmarks/bench_evaluate.py
+
+# The image stage: batched Prompt-to-Prompt candidates against one pair at a time; the processors'
+# overhead against diffusers' plain sampling (the small world's architecture).
+bench-pairs: setup
+	$(PY) benchmarks/bench_pairs.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -220,3 +220,31 @@ def test_cli_draws_pairs(capsys, tmp_path, text_to_image_model_dir, tiny_clip_di
     assert code == 0 and "2 pairs kept for 1 edits" in out
     code, out, _ = run(capsys, *args)  # a rerun has nothing left to do
     assert code == 0 and "0 edits drawn now, 1 done before" in out
+
+
+@pytest.mark.slow
+def test_accelerate_processes_take_disjoint_shares(drawn, tmp_path, text_to_image_model_dir, tiny_clip_dir):
+    """`accelerate launch` with two CPU processes: each draws its own edits, together all of them,
+    the same pairs as one process, and seeds.json lists every folder once."""
+    import os
+    import subprocess
+    import sys
+
+    reference, _ = drawn
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text("".join(json.dumps(e) + "\n" for e in EDITS))
+    output = tmp_path / "pairs"
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    command = [*accelerate, "-m", "instruct_pix2pix.cli", "data", "make-pairs", str(edits), "--model",
+               str(text_to_image_model_dir), "--clip", str(tiny_clip_dir), "-o", str(output), "--steps", "2",
+               "--candidates", "3", "--keep", "2", "--clip-image-threshold", "0.9", "--clip-direction-threshold",
+               "0.1", "--clip-caption-threshold", "-1", "--batch-size", "4", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if "pairs kept for" in line]
+    assert len(lines) == 2 and sum(int(line.split(" for ")[1].split()[0]) for line in lines) == len(EDITS)
+    assert sorted(finished_folders(output)) == sorted(finished_folders(reference))
+    seeds = json.loads((output / "seeds.json").read_text())
+    assert seeds == json.loads((reference / "seeds.json").read_text())
