@@ -234,13 +234,13 @@ def test_accelerate_processes_take_disjoint_shares(drawn, tmp_path, text_to_imag
     edits = tmp_path / "edits.jsonl"
     edits.write_text("".join(json.dumps(e) + "\n" for e in EDITS))
     output = tmp_path / "pairs"
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     command = [*accelerate, "-m", "instruct_pix2pix.cli", "data", "make-pairs", str(edits), "--model",
                str(text_to_image_model_dir), "--clip", str(tiny_clip_dir), "-o", str(output), "--steps", "2",
                "--candidates", "3", "--keep", "2", "--clip-image-threshold", "0.9", "--clip-direction-threshold",
                "0.1", "--clip-caption-threshold", "-1", "--batch-size", "4", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}  # DDP over gloo on the CPU
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if "pairs kept for" in line]

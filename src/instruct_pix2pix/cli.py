@@ -771,7 +771,10 @@ def run_make_pairs(args) -> None:
     from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
     from instruct_pix2pix.metrics import ClipScorer
 
-    state = PartialState(cpu=args.device == "cpu")
+    from accelerate.utils import parse_flag_from_env
+
+    # accelerate launch --cpu sets ACCELERATE_USE_CPU, which Accelerator reads and PartialState does not.
+    state = PartialState(cpu=args.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if args.overwrite and state.num_processes > 1:
         raise UserError("--overwrite is for one process; remove the folder first, then launch the processes")
     device = state.device if args.device == "auto" and state.num_processes > 1 else pick_device(args.device)
