@@ -101,8 +101,9 @@ def test_the_folder_holds_the_reference_layout_and_the_trainer_reads_it(drawn):
         chosen = FILTER.choose([{name: c[key] for name, key in ours.items()} for c in every])
         assert [line["seed"] for line in lines] == [every[i]["seed"] for i in chosen]
         assert [c["kept"] for c in every] == [i in chosen for i in range(len(every))]
-        assert sorted(p.name for p in folder.glob("*.jpg")) == sorted(f"{s}_{k}.jpg" for s in
-                                                                      [x["seed"] for x in lines] for k in (0, 1))
+        assert sorted(p.name for p in folder.glob("*.jpg")) == sorted(
+            f"{s}_{k}.jpg" for s in [x["seed"] for x in lines] for k in (0, 1)
+        )
         if lines:
             assert [f"{index:07d}", [x["seed"] for x in lines]] in seeds
         kept += len(lines)

@@ -765,13 +765,12 @@ def run_make_pairs(args) -> None:
         raise UserError(f"{output} is a file; give a folder for the image pairs")
     quiet_libraries()
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from instruct_pix2pix.data.image_pairs import WORK, ClipFilter, PairSettings, check_output, make_pairs, write_seeds
     from instruct_pix2pix.editing import evaluating, pick_device, pick_dtype
     from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
     from instruct_pix2pix.metrics import ClipScorer
-
-    from accelerate.utils import parse_flag_from_env
 
     # accelerate launch --cpu sets ACCELERATE_USE_CPU, which Accelerator reads and PartialState does not.
     state = PartialState(cpu=args.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
