@@ -1,12 +1,13 @@
 # `make test` and `make demo` work from nothing: they build .venv first.
 PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # A user's own torch (for example a CUDA build installed system-wide) is kept: the venv sees it.
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow lint format demo train-default bench bench-default bench-train bench-text bench-evaluate bench-pairs clean
+.PHONY: setup test test-slow test-browser lint format demo train-default bench bench-default bench-train bench-text bench-evaluate bench-pairs clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +33,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The web app in headless Chromium (Debian's chromium and chromium-driver, installed when missing);
+# the screenshot is the README's docs/app.png.
+test-browser: setup
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	APP_SCREENSHOT=docs/app.png $(PY) -m pytest -q -m browser
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -127,3 +127,25 @@ def tiny_clip_dir(tmp_path_factory):
     tokenizer.save_pretrained(folder)
     clip_image_processor(32).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shipped_editor():
+    """The Editor on the small-world model shipped in the package, on the CPU."""
+    from instruct_pix2pix import Editor
+
+    return Editor.from_pretrained(device="cpu")
+
+
+def serve_app(editor, **options):
+    """The web app on a free port of 127.0.0.1, for a fixture: yields its URL, then stops it."""
+    import socket
+
+    from instruct_pix2pix.app import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(editor, port=port, block=False, **options)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

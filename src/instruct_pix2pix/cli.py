@@ -323,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--overwrite", action="store_true", help="start again in a folder that holds other pairs")
     pairs.add_argument("--no-progress", action="store_true")
 
+    app = commands.add_parser("app", help="serve the editor as a web app (Gradio), with an HTTP API")
+    add_model_options(app)
+    app.add_argument("--dtype", choices=tuple(DTYPE_NAMES), help="default: float32 on CPU, float16 on GPUs")
+    app.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    app.add_argument("--port", type=positive_int, default=7860, help="default 7860")
+    app.add_argument("--share", action="store_true", help="also a public gradio.live link")
+    app.add_argument("--max-queue", type=positive_int, default=4,
+                     help="requests waiting at most; one more is told the app is busy (default 4)")  # fmt: skip
+    app.add_argument("--concurrency", type=positive_int, default=1,
+                     help="edits at the same time (default 1; keep 1 on a GPU)")  # fmt: skip
+    app.add_argument("--max-pixels", type=positive_int, help="the largest input accepted, in pixels")
+
     world = commands.add_parser(
         "world",
         help="the small world: scenes, datasets, its models, evaluation against ground truth",
@@ -942,7 +954,22 @@ def run_evaluate(args) -> None:
     ))  # fmt: skip
 
 
+def run_app(args) -> None:
+    from instruct_pix2pix.images import DEFAULT_MAX_PIXELS
+
+    check_model_source(args)
+    quiet_libraries()
+    from instruct_pix2pix.app import launch
+    from instruct_pix2pix.editing import Editor
+
+    editor = Editor.from_pretrained(args.model, device=args.device, dtype=args.dtype, config=args.config)
+    print(f"serving {editor.model.source} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    launch(editor, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+           concurrency=args.concurrency, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
+
+
 COMMANDS = {
+    "app": run_app,
     "evaluate": run_evaluate,
     "world": run_world,
     "data": run_data,
