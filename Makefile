@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Without one, this pin takes the CPU wheel on the development machines and the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow test-browser lint format demo train-default bench bench-default bench-train bench-text bench-evaluate bench-pairs clean
+.PHONY: setup test test-slow test-browser lint format demo train-default bench bench-default bench-train bench-text bench-evaluate bench-pairs paper clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,13 @@ demo: setup
 # Retrains the shipped default model from nothing (data, CLIP, VAE, UNet), then packages it.
 train-default: setup
 	$(VENV)/bin/ip2p world train-default
+
+# The whole paper in the small world: text stage, Prompt-to-Prompt pairs, CLIP filter, editors on
+# generated and on exact pairs, evaluation, report (runs/paper/report.md). T2I=... names the world's
+# text-to-image model until one ships in the package.
+T2I ?=
+paper: setup
+	$(VENV)/bin/ip2p world paper -o runs/paper $(if $(T2I),--text-to-image "$(T2I)")
 
 bench: setup
 	$(PY) benchmarks/bench_edit.py

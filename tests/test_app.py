@@ -186,3 +186,21 @@ def test_under_load_every_request_completes_or_is_told_busy(client, server):
     start = time.perf_counter()
     client.predict(api_name="/reset")
     assert time.perf_counter() - start < 10
+
+
+def test_edits_at_the_same_time_equal_edits_in_turn(editor, tmp_path):
+    """--concurrency 2 on a CPU runs two edits in two threads on one Editor: the same images."""
+    app = EditApp(editor, work_dir=tmp_path)
+    path, instruction, *_ = app.load_example()
+
+    def run(seed):
+        return app.edit(path, instruction, STEPS, 7.5, 1.5, FIXED, FIXED, seed, FIXED, "euler_ancestral", 1)[4][0]
+
+    in_turn = {seed: pixels(run(seed)) for seed in (1, 2)}
+    together = {}
+    threads = [threading.Thread(target=lambda s=seed: together.update({s: pixels(run(s))})) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(np.array_equal(together[seed], in_turn[seed]) for seed in (1, 2))

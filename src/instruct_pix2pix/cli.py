@@ -341,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="The small world: procedural scenes with an exact result for every edit.",
     )
     actions = world.add_subparsers(dest="world_command", required=True, parser_class=Parser, metavar="COMMAND")
+    paper = actions.add_parser(
+        "paper", help="the whole paper in the small world: text stage, pairs, filter, editors, evaluation, report"
+    )
+    paper.add_argument("-o", "--output", default="runs/paper", help="work folder (a rerun goes on; default runs/paper)")
+    paper.add_argument("--text-to-image", help="the world's text-to-image model (default: the shipped one)")
+    paper.add_argument("--captions", type=positive_int, default=1000, help="training captions (default 1000)")
+    paper.add_argument("--candidates", type=positive_int, default=8, help="pairs drawn per edit (default 8)")
+    paper.add_argument("--steps", type=positive_int, default=20, help="sampling steps of a pair (default 20)")
+    paper.add_argument("--keep", type=positive_int, default=4, help="pairs kept per edit (default 4)")
+    paper.add_argument("--editor-steps", type=positive_int, default=1000, help="training steps of each editor")
+    paper.add_argument("--editor-batch-size", type=positive_int, default=32, help="their batch (default 32)")
+    paper.add_argument("--per-kind", type=positive_int, default=20, help="held-out edits of each kind (default 20)")
+    paper.add_argument("--no-progress", action="store_true")
     sample = actions.add_parser("sample", help="write scenes and their edits as PNGs, with a labelled sheet")
     sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")
     sample.add_argument("--count", type=positive_int, default=2, help="edits of each kind (default: 2)")
@@ -668,6 +681,18 @@ def run_world(args) -> None:
         edits = args.edits or TRAINING_EDITS
         print(run_recipe(Path(args.work), edits=edits, steps=args.steps, text_to_image_steps=args.text_to_image_steps,
                          from_scratch=args.from_scratch, package_model=not args.no_package))  # fmt: skip
+    elif args.world_command == "paper":
+        from instruct_pix2pix.loading.sources import DEFAULT_TEXT_TO_IMAGE
+
+        quiet_libraries()
+        from instruct_pix2pix.small_world.paper import format_report, run_paper
+
+        report = run_paper(
+            Path(args.output), Path(args.text_to_image or DEFAULT_TEXT_TO_IMAGE), captions=args.captions,
+            candidates=args.candidates, steps=args.steps, keep=args.keep, editor_steps=args.editor_steps,
+            editor_batch_size=args.editor_batch_size, per_kind=args.per_kind, progress=not args.no_progress,
+        )  # fmt: skip
+        print(format_report(report))
     elif args.world_command == "pretrain":
         run_pretrain(args)
     elif args.world_command in ("train-lm", "evaluate-lm"):

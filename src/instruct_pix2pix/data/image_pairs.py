@@ -139,8 +139,9 @@ def metadata_line(candidate: Candidate, scores: dict) -> dict:
     }
 
 
-def write_edit_folder(folder: Path, edit: Triple, candidates, pairs, scores, kept: list[int]) -> None:
-    """One edit's folder, whole or not at all."""
+def write_edit_folder(folder: Path, edit: Triple, candidates, pairs, scores, kept: list[int],
+                      judged: list[dict] | None = None) -> None:  # fmt: skip
+    """One edit's folder, whole or not at all; `judged` adds fields to each candidate's line."""
     with atomic_folder(folder) as temporary:
         prompt = {"input": edit["input"], "edit": edit["edit"], "output": edit["output"]}
         (temporary / "prompt.json").write_text(json.dumps(prompt, ensure_ascii=False), encoding="utf-8")
@@ -151,8 +152,9 @@ def write_edit_folder(folder: Path, edit: Triple, candidates, pairs, scores, kep
             second.save(temporary / f"{candidates[i].seed}_1.jpg", **JPEG)
             lines.append(json.dumps(metadata_line(candidates[i], scores[i])) + "\n")
         (temporary / "metadata.jsonl").write_text("".join(lines), encoding="utf-8")
-        every = [json.dumps({**metadata_line(c, s), "kept": i in kept}) + "\n" for i, (c, s) in
-                 enumerate(zip(candidates, scores))]  # fmt: skip
+        judged = judged or [{}] * len(candidates)
+        every = [json.dumps({**metadata_line(c, s), "kept": i in kept, **j}) + "\n" for i, (c, s, j) in
+                 enumerate(zip(candidates, scores, judged))]  # fmt: skip
         (temporary / "candidates.jsonl").write_text("".join(every), encoding="utf-8")
 
 
@@ -247,13 +249,15 @@ def make_pairs(
     progress: bool = True,
     process_index: int = 0,
     num_processes: int = 1,
+    judge=None,
 ) -> dict:
     """Write the image pairs of this partition's edits that are not done yet; returns the counts.
 
     `model` is a text-to-image bundle on `device`, `scorer` a ClipScorer. `record` describes the
     model and the CLIP (stored with the settings: a folder made with others is refused). Under
     several processes (accelerate), process `process_index` of `num_processes` takes its own share
-    of the partition."""
+    of the partition. `judge(edit, pairs)`, where there is a ground truth (the small world), returns
+    fields for each candidate's line in candidates.jsonl (is the pair right?), before the filter."""
     import shutil
 
     from tqdm.auto import tqdm
@@ -289,7 +293,8 @@ def make_pairs(
                     results = sorted(pending.pop(index), key=lambda r: r[0])
                     ordered = [r[1] for r in results], [r[2] for r in results], [r[3] for r in results]
                     kept = clip_filter.choose(ordered[2])
-                    write_edit_folder(root / folder_name(index), edit, *ordered, kept)
+                    judged = judge(edit, ordered[1]) if judge else None
+                    write_edit_folder(root / folder_name(index), edit, *ordered, kept, judged)
                     written += 1
                     kept_total += len(kept)
             bar.update(len(batch))
