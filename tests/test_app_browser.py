@@ -145,6 +145,19 @@ def test_the_app_in_a_browser(browser, url, editor, tmp_path):
     metadata = read_metadata(png)
     assert edit.instruction in metadata["ip2p-command"] and f"--steps {STEPS}" in metadata["ip2p-command"]
 
+    # Live progress: a long edit shows the editor's own progress bar (its tqdm, followed by Gradio).
+    import re
+
+    steps.send_keys(Keys.CONTROL, "a")
+    steps.send_keys("150", Keys.TAB)
+    time.sleep(1)
+    browser.find_element(By.CSS_SELECTOR, "#edit").click()
+    bar = re.compile(r'aria-valuetext="editing: \d+ / 150')  # the tqdm bar's own words, step by step
+    wait_until(lambda: bar.search(browser.page_source), timeout=60)
+    wait_until(lambda: not bar.search(browser.page_source), timeout=180)
+    steps.send_keys(Keys.CONTROL, "a")
+    steps.send_keys(str(STEPS), Keys.TAB)
+
     # An empty instruction returns the input, said in the page.
     instruction.send_keys(Keys.CONTROL, "a")
     instruction.send_keys(Keys.DELETE)
