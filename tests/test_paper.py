@@ -46,3 +46,11 @@ def test_every_stage_runs_and_a_rerun_goes_on(text_to_image_model_dir, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
     again = run_paper(tmp_path, text_to_image_model_dir, **options)  # everything is there: nothing redone
     assert again == report
+
+
+def test_without_a_text_to_image_model_it_says_so_in_one_line(capsys, tmp_path):
+    from test_cli import assert_one_line_error, run
+
+    code, _, err = run(capsys, "world", "paper", "-o", tmp_path / "paper", "--text-to-image", tmp_path / "none")
+    assert_one_line_error(code, err, "--text-to-image")
+    assert not (tmp_path / "paper").exists()

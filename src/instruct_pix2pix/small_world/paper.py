@@ -144,8 +144,8 @@ def run_paper(
 
     work, text_to_image = Path(work), Path(text_to_image)
     if not (text_to_image / "model_index.json").is_file():
-        raise UserError(f"no text-to-image model in {text_to_image}; give a diffusers folder (ip2p world train-default "
-                        "makes one, in runs/default/t2i/model)")  # fmt: skip
+        raise UserError(f"no text-to-image model in {text_to_image}; give --text-to-image, a diffusers folder "
+                        "(ip2p world train-default makes one in runs/default/t2i/model)")  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     caption_file = work / "captions.txt"
     if not caption_file.exists():
