@@ -18,6 +18,7 @@ The queue is bounded (`max_queue`): a request beyond it is told the app is busy,
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import random
@@ -116,7 +117,10 @@ class EditApp:
         self.max_pixels = max_pixels
         self.defaults: EditSettings = editor.default_settings
         self.is_small_world = Path(str(editor.model.source)) == DEFAULT_MODEL
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="ip2p-app-"))
+        if work_dir is None:  # our own temporary folder, removed when the app's process ends
+            work_dir = tempfile.mkdtemp(prefix="ip2p-app-")
+            atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
+        self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._requests: deque[Path] = deque()
 
