@@ -135,7 +135,7 @@ def test_a_loaded_example_is_judged_against_its_ground_truth(editor, tmp_path):
     from instruct_pix2pix.small_world.scenes import render
 
     assert "against the ground truth:" in status and " of 2 right" in status
-    assert np.array_equal(np.asarray(truth), np.asarray(render(example.world_edit.after)))
+    assert np.array_equal(np.asarray(truth), np.asarray(render(example.after)))
 
 
 def test_reset_gives_the_models_defaults_not_zero_steps(editor, tmp_path):

@@ -27,7 +27,6 @@ import tempfile
 import uuid
 import warnings
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -52,15 +51,6 @@ PIXELATED = """
 #input-image img, #ground-truth img {width: 100%; height: 100%; object-fit: contain}
 """
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # live progress: Gradio follows the editor's tqdm bar
-
-
-@dataclass
-class Example:
-    """A held-out small-world edit, for "Load example" and its ground truth."""
-
-    input_path: str
-    instruction: str
-    world_edit: object
 
 
 def input_image(**kwargs) -> gr.Image:
@@ -138,7 +128,8 @@ class EditApp:
     # --- handlers ---------------------------------------------------------------------------------
 
     def load_example(self):
-        """A new held-out small-world scene and one of its instructions (-> input, instruction, example)."""
+        """A new held-out small-world scene and one of its instructions (-> input, instruction, the
+        world's edit, for the ground truth)."""
         from instruct_pix2pix.small_world.edits import sample_edits
         from instruct_pix2pix.small_world.evaluate import EVALUATION_SPLIT
         from instruct_pix2pix.small_world.scenes import render
@@ -146,7 +137,7 @@ class EditApp:
         edit = next(sample_edits(EVALUATION_SPLIT, 1, start=random.randrange(1_000_000)))
         path = self.request_folder() / "example.png"
         save_png(render(edit.before), path)
-        return str(path), edit.instruction, Example(str(path), edit.instruction, edit), None
+        return str(path), edit.instruction, edit, None
 
     def edit(self, input_path, instruction, steps, text_guidance, image_guidance, text_mode, image_mode, seed,
              seed_mode, scheduler, variants, example=None, progress=TRACK_TQDM):  # fmt: skip
@@ -182,27 +173,26 @@ class EditApp:
         if not instruction.strip():
             status = "No instruction: the input is returned unchanged."
         truth = None
-        if self.is_small_world and example is not None and self.is_example(image, example):
-            truth, verdicts = self.ground_truth(example, result.images)
-            status += f"; against the ground truth: {verdicts}"
+        if self.is_small_world and example is not None:
+            truth, verdicts = self.ground_truth(image, example, result.images)
+            if truth is not None:
+                status += f"; against the ground truth: {verdicts}"
         return gallery, seed, text_guidance, image_guidance, paths, status, paths, truth
 
     @staticmethod
-    def is_example(image, example: Example) -> bool:
-        """Whether the input is still the loaded example's scene (Gradio hands back a copy of the file)."""
+    def ground_truth(image, example, outputs):
+        """The loaded example's right answer and how many outputs match it, while the input is still
+        that example's scene (Gradio hands back a copy of the file, so the pixels say); else None."""
         import numpy as np
 
-        from instruct_pix2pix.small_world.scenes import render
-
-        return np.array_equal(np.asarray(image), np.asarray(render(example.world_edit.before).convert("RGB")))
-
-    def ground_truth(self, example: Example, outputs):
         from instruct_pix2pix.small_world.evaluate import alternatives, score_edit
         from instruct_pix2pix.small_world.scenes import render
 
-        target = render(example.world_edit.after)
-        before = render(example.world_edit.before)
-        others = [render(s) for s in alternatives(example.world_edit)]
+        before = render(example.before)
+        if not np.array_equal(np.asarray(image), np.asarray(before.convert("RGB"))):
+            return None, None
+        target = render(example.after)
+        others = [render(s) for s in alternatives(example)]
         right = [score_edit(out, before, target, others).success for out in outputs]
         return target, f"{sum(right)} of {len(right)} right"
 

@@ -46,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         PAIR_CLIP_CAPTION,
         PAIR_CLIP_DIRECTION,
         PAIR_CLIP_IMAGE,
+        PAIR_FORMATS,
         PAIR_GUIDANCE_RANGE,
         PAIR_KEEP,
         PAIR_MODES,
         PAIR_P_RANGE,
+        PAIR_SELF_REPLACE,
         PAIR_STEPS,
         REFERENCE_CLIP,
         EditSettings,
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="every example's sampling seed (default 0)")
     EditSettings.add_options(evaluate, SWEEP_SETTINGS, exclude=("guidance_scale", "image_guidance_scale"))
     evaluate.add_argument("--clip", help="CLIP folder or hub id (default: the small world's; the paper's: "
-                          "openai/clip-vit-large-patch14)")  # fmt: skip
+                          f"{REFERENCE_CLIP})")  # fmt: skip
     evaluate.add_argument("--clip-resize", choices=("processor", "bicubic"), default="processor",
                           help="as CLIP's processor does (default), or the reference's: bicubic, no crop")  # fmt: skip
     evaluate.add_argument("--target-clip", help="a CLIP for CLIP-I/CLIP-T against targets (MagicBrush: ViT-B/32)")
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"default model, else the paper's {REFERENCE_CLIP})")  # fmt: skip
     pairs.add_argument(
         "--format",
-        choices=("folder", "parquet"),
+        choices=PAIR_FORMATS,
         default="folder",
         help="folder: the reference's layout (default); parquet: the released dataset's schema",
     )
@@ -309,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument(
         "--self-replace",
         type=float,
-        default=0.4,
-        help="cross mode: the share of steps whose self-attention is the first image's (default 0.4)",
+        default=PAIR_SELF_REPLACE,
+        help=f"cross mode: the share of steps whose self-attention is the first image's (default {PAIR_SELF_REPLACE})",
     )
     pairs.add_argument("--batch-size", type=positive_int, default=8, help="pairs through the UNet at once (default 8)")
     pairs.add_argument("--num-partitions", type=positive_int, default=1, help="split the edits into N parts")

@@ -233,6 +233,8 @@ REFERENCE_CLIP = "openai/clip-vit-large-patch14"  # the paper's CLIP, for its me
 # ~ U[7.5, 15], 100 candidates per caption pair, the best 4 kept by directional CLIP similarity among
 # those that pass the thresholds. The paper says image similarity 0.75; the reference code uses 0.7.
 PAIR_MODES = ("self", "cross")  # the reference's shared self-attention; the original Prompt-to-Prompt's
+PAIR_SELF_REPLACE = 0.4  # cross mode: the share of steps with the first image's self-attention (n_self_replace)
+PAIR_FORMATS = ("folder", "parquet")  # the reference's layout; the released dataset's parquet schema
 PAIR_STEPS = 100
 PAIR_CANDIDATES = 100
 PAIR_KEEP = 4

@@ -47,15 +47,17 @@ from instruct_pix2pix.settings import (
     PAIR_CLIP_CAPTION,
     PAIR_CLIP_DIRECTION,
     PAIR_CLIP_IMAGE,
+    PAIR_FORMATS,
     PAIR_GUIDANCE_RANGE,
     PAIR_KEEP,
     PAIR_P_RANGE,
+    PAIR_SELF_REPLACE,
     PAIR_STEPS,
 )
 
 MANIFEST = "make-pairs.json"
 WORK = ".pairs"  # where the folders go when the result is parquet
-FORMATS = ("folder", "parquet")
+FORMATS = PAIR_FORMATS
 JPEG = {"quality": 100, "subsampling": 0}  # 4:4:4
 # Our similarity names (metrics.similarities) and the reference's metadata keys.
 REFERENCE_KEYS = {
@@ -98,7 +100,7 @@ class PairSettings:
     candidates: int = PAIR_CANDIDATES
     p_range: tuple[float, float] = PAIR_P_RANGE
     guidance_range: tuple[float, float] = PAIR_GUIDANCE_RANGE
-    n_self_replace: float = 0.4
+    n_self_replace: float = PAIR_SELF_REPLACE
     scheduler: str = "euler_ancestral"
 
 

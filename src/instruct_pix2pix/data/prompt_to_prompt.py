@@ -40,7 +40,7 @@ from PIL import Image
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import to_pil
 from instruct_pix2pix.prompts import encode_prompts, prompt_length
-from instruct_pix2pix.settings import PAIR_GUIDANCE_RANGE, PAIR_MODES, PAIR_P_RANGE, make_scheduler
+from instruct_pix2pix.settings import PAIR_GUIDANCE_RANGE, PAIR_MODES, PAIR_P_RANGE, PAIR_SELF_REPLACE, make_scheduler
 
 MODES = PAIR_MODES
 SELF_REPLACE_MAX_TOKENS = 16**2  # the community pipeline replaces self-attention only at 16x16 and below
@@ -222,7 +222,7 @@ def sample_pairs(
     mode: str = "self",
     num_inference_steps: int = 100,
     scheduler: str = "euler_ancestral",
-    n_self_replace: float = 0.4,
+    n_self_replace: float = PAIR_SELF_REPLACE,
     device: torch.device | str = "cpu",
     sharing: Sharing | None = None,
 ) -> list[tuple[Image.Image, Image.Image]]:

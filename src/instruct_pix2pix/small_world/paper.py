@@ -139,6 +139,7 @@ def run_paper(
     from instruct_pix2pix.metrics import ClipScorer
     from instruct_pix2pix.small_world.evaluate import SETTINGS, run_evaluation
     from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
+    from instruct_pix2pix.small_world.recipe import CONFIGS
     from instruct_pix2pix.training.config import load_config
     from instruct_pix2pix.training.trainer import train
 
@@ -171,7 +172,6 @@ def run_paper(
     if not (exact_dir / "seeds.json").exists():
         write_exact_pairs(edits_file, exact_dir)
 
-    configs = Path(__file__).resolve().parents[3] / "configs"
     editors = {}
     for name, data in (("generated", pairs_dir), ("exact", exact_dir)):
         output = work / f"editor-{name}"
@@ -179,7 +179,7 @@ def run_paper(
             overrides = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none", f"train_data={data}",
                          f"output_dir={output}", "resume_from_checkpoint=latest", f"max_train_steps={editor_steps}",
                          f"train_batch_size={editor_batch_size}", "validation_steps=0"]  # fmt: skip
-            train(load_config(configs / "small-world.yaml", overrides), show_progress=progress)
+            train(load_config(CONFIGS / "small-world.yaml", overrides), show_progress=progress)
         evaluation = work / f"evaluate-{name}"
         if not (evaluation / "results.json").exists():
             run_evaluation(Editor.from_pretrained(output / "model", device="cpu"), evaluation, SETTINGS,

@@ -35,6 +35,7 @@ from instruct_pix2pix.loading.sources import DEFAULT_CLIP, DEFAULT_MODEL, DEFAUL
 
 PACKAGE = Path(__file__).resolve().parent
 MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default models
+CONFIGS = PACKAGE.parents[2] / "configs"  # the training configs (small-world-t2i.yaml, small-world.yaml)
 TEXT_TOKENS = 77  # the tokenizer's length, CLIP's: the longest caption is 68 tokens, an instruction 13
 TRAINING_EDITS = 10_000
 CLIP_FILES = (
@@ -203,14 +204,13 @@ def run_recipe(
         assemble_scratch(clip, vae, scratch)
     elif json.loads((scratch / "unet" / "config.json").read_text())["in_channels"] != 4:
         raise UserError(f"{scratch} was assembled by the earlier recipe (an 8-channel UNet): delete it and run again")
-    configs = PACKAGE.parents[2] / "configs"
 
     def train_stage(config: str, name: str, start: list[str], stage_steps: int | None) -> Path:
         output = work / name
         if not _done(output / "model", name):
             overrides = [*start, f"train_data={data}", f"output_dir={output}", "resume_from_checkpoint=latest"]
             overrides += [f"max_train_steps={stage_steps}"] if stage_steps else []
-            train(load_config(configs / config, overrides))
+            train(load_config(CONFIGS / config, overrides))
         return output / "model"
 
     text_to_image = None
