@@ -239,3 +239,91 @@ def test_the_recipe_assembles_a_text_to_image_start_and_its_configs_chain(tmp_pa
     editor = load_config(root / "small-world.yaml")
     assert (t2i.task, t2i.proportion_empty_prompts) == ("text-to-image", 0.1)
     assert editor.task == "edit" and editor.pretrained_model_name_or_path == f"{t2i.output_dir}/model"
+
+
+def test_training_the_text_encoder_takes_the_dreambooth_scripts_steps(text_to_image_model_dir, captioned, tmp_path):
+    """train_text_encoder: one AdamW over the UNet's and the text encoder's parameters (chained, as
+    train_dreambooth.py --train_text_encoder has it), gradients clipped over both, the captions (and
+    the dropped ones' "") encoded with gradients every step: the same weights after three steps."""
+    import itertools
+
+    from instruct_pix2pix.data import open_dataset
+    from instruct_pix2pix.loading import load_model
+    from instruct_pix2pix.training.trainer import batches, pick_side
+
+    overrides = dict(use_ema=False, max_train_steps=3, train_text_encoder=True, lr_scheduler="constant")
+    config = load_config(None, t2i_settings(text_to_image_model_dir, captioned, tmp_path / "run", **overrides))
+    final = train(config, show_progress=False)
+
+    model = load_model(text_to_image_model_dir, kind="text-to-image")
+    parts = {"unet": model.unet.train(), "vae": model.vae.eval(), "text_encoder": model.text_encoder.train()}
+    start = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    chained = list(itertools.chain(model.unet.parameters(), model.text_encoder.parameters()))
+    optimizer = torch.optim.AdamW(chained, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    data = batches(open_dataset(captioned), config, {"epoch": 0, "position": 0, "step": 0}, 0, 1)
+    reference_losses = []
+    for _ in range(3):
+        _, examples = next(data)
+        images, texts, draws = [], [], []
+        for example, g in examples:
+            side = pick_side(config, g)
+            images.append(np.asarray(getattr(example, f"{side}_image").resize((32, 32), Image.Resampling.LANCZOS)))
+            sample_eps, noise = torch.randn(4, 16, 16, generator=g), torch.randn(4, 16, 16, generator=g)
+            t, r = torch.randint(0, 1000, (), generator=g), torch.rand((), generator=g)
+            texts.append(getattr(example, f"{side}_caption") if r >= config.proportion_empty_prompts else "")
+            draws.append((sample_eps, noise, t))
+        pixels = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        sample_eps, noise, t = (torch.stack(column) for column in zip(*draws))
+        ids = model.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        loss = diffusers_text_to_image_loss(parts, pixels, ids, noise, t, scheduler, sample_eps, None)
+        loss.backward()
+        reference_losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(chained, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    assert np.allclose(losses(tmp_path / "run"), reference_losses, rtol=1e-5, atol=0)
+    trained = load_model(final, kind="text-to-image")
+    for (name, a), b in zip(trained.text_encoder.state_dict().items(), model.text_encoder.state_dict().values()):
+        # Adam moves a weight by up to lr = 1e-3 a step, whatever its gradient's size, so float
+        # rounding in a tiny gradient shows as a few 1e-5
+        assert (a - b).abs().max() < 5e-5, name
+    # the UNets compute the same function (a bias a GroupNorm removes has a gradient of rounding
+    # noise alone, which Adam turns into steps of lr: compare what the UNets do, not such weights)
+    g = torch.Generator().manual_seed(5)
+    probe = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([100, 700]), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        ours, theirs = trained.unet(*probe).sample, model.unet.eval()(*probe).sample
+    assert (ours - theirs).abs().max() < 1e-4 * theirs.abs().max()
+    assert any(not torch.equal(start[k], v) for k, v in trained.text_encoder.state_dict().items())
+
+
+def test_a_trained_text_encoder_resumes_exactly_caches_alike_and_its_ema_is_saved(
+    text_to_image_model_dir, captioned, tmp_path
+):
+    from instruct_pix2pix.loading import load_model
+
+    def run(output, **more):
+        settings = t2i_settings(text_to_image_model_dir, captioned, output, train_text_encoder=True,
+                                text_encoder_learning_rate=3e-4, **more)  # fmt: skip
+        return train(load_config(None, settings), show_progress=False)
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "half", max_train_steps=2)
+    (tmp_path / "half" / "model").rename(tmp_path / "half-model")
+    resumed = run(tmp_path / "half", resume_from_checkpoint="latest")
+    run(tmp_path / "cached", cache_latents=True)
+    assert losses(tmp_path / "half") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 4
+    assert np.allclose(losses(tmp_path / "cached"), losses(tmp_path / "whole"), rtol=1e-5, atol=0)
+    first, again = load_model(whole, kind="text-to-image"), load_model(resumed, kind="text-to-image")
+    for a, b in zip(first.text_encoder.state_dict().values(), again.text_encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    # the saved text encoder is the EMA of the trained one: neither the start nor the last raw weights
+    start = load_model(text_to_image_model_dir, kind="text-to-image").text_encoder.state_dict()
+    raw = load_model(run(tmp_path / "raw", use_ema=False), kind="text-to-image").text_encoder.state_dict()
+    for other in (start, raw):
+        assert any(not torch.equal(other[k], v) for k, v in first.text_encoder.state_dict().items())
+    frozen = load_model(train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, tmp_path / "frozen"))),
+                        kind="text-to-image").text_encoder.state_dict()  # fmt: skip
+    assert all(torch.equal(start[k], v) for k, v in frozen.items())

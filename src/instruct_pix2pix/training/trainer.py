@@ -13,6 +13,7 @@ posterior and text encoding are computed once and kept in memory.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -123,19 +124,27 @@ def pick_side(config: TrainConfig, generator: torch.Generator) -> str:
     return "input" if torch.rand((), generator=generator) < 0.5 else "edited"
 
 
-def training_sample(example, side: str, config: TrainConfig, generator: torch.Generator):
-    """(target image, conditioning image or None, text) of one example: for editing the edited image,
-    conditioned on the input image and the instruction; for text to image one image and its caption."""
+def training_text(example, side: str, config: TrainConfig) -> str:
+    """The text a sample is conditioned on: the instruction (editing) or the trained image's caption."""
     if config.task == "edit":
-        source, target = augment([example.input_image, example.edited_image], config, generator)
-        return target, source, example.instruction
+        return example.instruction
     caption = getattr(example, f"{side}_caption")
     if not caption:
         raise UserError(
             f"text-to-image training needs captions, and {example.key} has no {side} caption: give a dataset "
             "with input and edited captions (map their columns with data_columns)"
         )
-    return augment([getattr(example, f"{side}_image")], config, generator)[0], None, caption
+    return caption
+
+
+def training_sample(example, side: str, config: TrainConfig, generator: torch.Generator):
+    """(target image, conditioning image or None, text) of one example: for editing the edited image,
+    conditioned on the input image and the instruction; for text to image one image and its caption."""
+    text = training_text(example, side, config)
+    if config.task == "edit":
+        source, target = augment([example.input_image, example.edited_image], config, generator)
+        return target, source, text
+    return augment([getattr(example, f"{side}_image")], config, generator)[0], None, text
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -177,12 +186,16 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
     noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
     unet, vae, text_encoder, tokenizer = model.unet, model.vae, model.text_encoder, model.tokenizer
     vae.requires_grad_(False).eval().to(device)
-    text_encoder.requires_grad_(False).eval().to(device)
+    text_encoder.requires_grad_(config.train_text_encoder).train(config.train_text_encoder).to(device)
     unet.train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    groups = [{"params": list(unet.parameters())}]
+    if config.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()),
+                       "lr": config.text_encoder_learning_rate or config.learning_rate})  # fmt: skip
     optimizer = torch.optim.AdamW(
-        unet.parameters(),
+        groups,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
@@ -200,7 +213,7 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(
-            unet.parameters(),
+            trained_parameters(unet, text_encoder, config),
             decay=config.ema_decay,
             use_ema_warmup=True,
             model_cls=type(unet),
@@ -208,7 +221,10 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
         )
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if config.train_text_encoder:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    else:
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     state = {"epoch": 0, "position": 0, "step": 0}
     if checkpoint is not None:
@@ -223,8 +239,10 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
             config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))},
         )
 
-    with torch.no_grad():
-        null_text_embeds = encode_prompts(tokenizer, text_encoder, [""], device)
+    null_text_embeds = None  # a trained text encoder encodes "" anew each step
+    if not config.train_text_encoder:
+        with torch.no_grad():
+            null_text_embeds = encode_prompts(tokenizer, text_encoder, [""], device)
     data = batches(dataset, config, state, rank, world_size)
     cache = {} if config.cache_latents else None
     progress = tqdm(
@@ -238,13 +256,13 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
     step_losses, started = [], time.perf_counter()
     while state["step"] < config.max_train_steps:
         position, examples = next(data)
-        with accelerator.accumulate(unet):
+        with accelerator.accumulate(unet, text_encoder):
             loss = batch_loss(
                 examples, config, unet, vae, text_encoder, tokenizer, noise_scheduler, null_text_embeds, device, cache
             )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+                accelerator.clip_grad_norm_(trained_parameters(unet, text_encoder, config), config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
@@ -254,7 +272,7 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
             continue
         state["step"] += 1
         if ema is not None:
-            ema.step(unet.parameters())
+            ema.step(trained_parameters(unet, text_encoder, config))
         elapsed, started = time.perf_counter() - started, time.perf_counter()
         record = {
             "step": state["step"],
@@ -274,10 +292,10 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
         last = state["step"] == config.max_train_steps
         if config.validation_steps and (state["step"] % config.validation_steps == 0 or last):
             if accelerator.is_main_process:
-                parts = ModelBundle(
-                    accelerator.unwrap_model(unet), vae, text_encoder, tokenizer, model.scheduler_config
-                )
-                save_validation_grid(config, state["step"], validation_images, parts, ema, device)
+                parts = ModelBundle(accelerator.unwrap_model(unet), vae, accelerator.unwrap_model(text_encoder),
+                                    tokenizer, model.scheduler_config)  # fmt: skip
+                save_validation_grid(config, state["step"], validation_images, parts, ema,
+                                     trained_parameters(unet, text_encoder, config), device)  # fmt: skip
             started = time.perf_counter()  # the grid's time is not the next step's
         if state["step"] % config.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, output_dir, state["step"], state, config.checkpoints_total_limit)
@@ -286,28 +304,36 @@ def train(config: TrainConfig, *, show_progress: bool = True, cpu: bool = False)
     final = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(unet)
+        trained, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
         extra = {}
         if ema is not None:  # unet/ holds the EMA weights (what editing uses); unet_non_ema/ the raw ones
             extra["unet_non_ema"] = trained
             trained = type(trained).from_config(trained.config)
-            ema.copy_to(trained.parameters())
+            if config.train_text_encoder:  # the EMA of the text encoder too (its raw weights are not kept)
+                text_encoder = copy.deepcopy(text_encoder)
+            ema.copy_to(trained_parameters(trained, text_encoder, config))
+        text_encoder.requires_grad_(False).eval()
         save_model(ModelBundle(trained, vae, text_encoder, tokenizer, model.scheduler_config), final, extra_unets=extra)
     accelerator.end_training()
     return final
+
+
+def trained_parameters(unet, text_encoder, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """What the optimizer, the gradient clipping and the EMA see, in this order."""
+    return [*unet.parameters(), *(text_encoder.parameters() if config.train_text_encoder else ())]
 
 
 @torch.no_grad()
 def encode_batch(samples, config, vae, text_encoder, tokenizer, device):
     """What the frozen parts make of a batch of (example, generator, side): the target image's
     posterior (mean, std), the conditioning image's posterior mode (editing; None for text to
-    image), and the text's encoding."""
+    image), and the text's encoding (None when the text encoder is trained: batch_loss encodes it)."""
     targets, sources, texts = zip(*(training_sample(e, side, config, g) for e, g, side in samples))
     posterior = vae.encode(torch.stack(targets).to(device)).latent_dist
     image_latents = None
     if sources[0] is not None:
         image_latents = vae.encode(torch.stack(sources).to(device)).latent_dist.mode()
-    text_embeds = encode_prompts(tokenizer, text_encoder, list(texts), device)
+    text_embeds = None if config.train_text_encoder else encode_prompts(tokenizer, text_encoder, list(texts), device)
     return posterior.mean, posterior.std, image_latents, text_embeds
 
 
@@ -336,6 +362,10 @@ def batch_loss(
         mean, std, image_latents, text_embeds = encode_cached(
             samples, config, vae, text_encoder, tokenizer, device, cache
         )
+    if config.train_text_encoder:  # with gradients, every step
+        texts = [training_text(e, side, config) for e, _, side in samples]
+        text_embeds = encode_prompts(tokenizer, text_encoder, texts, device)
+        null_text_embeds = encode_prompts(tokenizer, text_encoder, [""], device)
     shape = mean.shape[1:]
     draws = [
         (

@@ -38,31 +38,31 @@ def validation_inputs(config: TrainConfig, dataset) -> list[Image.Image]:
 
 
 @contextmanager
-def ema_weights(ema, unet):
-    """The EMA weights in `unet` for the duration (when there are some), the trained ones back after."""
+def ema_weights(ema, parameters: list):
+    """The EMA weights in `parameters` for the duration (when there are some), the trained ones back after."""
     if ema is not None:
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
+        ema.store(parameters)
+        ema.copy_to(parameters)
     try:
         yield
     finally:
         if ema is not None:
-            ema.restore(unet.parameters())
+            ema.restore(parameters)
 
 
 def save_validation_grid(
-    config: TrainConfig, step: int, images: list[Image.Image], model: ModelBundle, ema, device
+    config: TrainConfig, step: int, images: list[Image.Image], model: ModelBundle, ema, parameters: list, device
 ) -> None:
     """Edit every validation image with every validation prompt (a text-to-image model: draw each
     validation caption from a few seeds) and save the grid. The UNet is the one being trained; the
-    Editor and the pipeline leave its mode and flags alone, and the EMA weights are swapped back out
-    afterwards. Both draw only from their own seeded generators; fork_rng makes sure nothing else moves."""
+    Editor and the pipeline leave its mode and flags alone, and the EMA weights are swapped into the
+    trained `parameters` and back out afterwards. Both draw only from their own seeded generators; fork_rng makes sure nothing else moves."""
     from instruct_pix2pix.editing import Editor, NumericalError
     from instruct_pix2pix.generation import generate
 
     prompts = config.validation_prompts
     try:
-        with ema_weights(ema, model.unet), torch.random.fork_rng(devices=[]):
+        with ema_weights(ema, parameters), torch.random.fork_rng(devices=[]):
             if model.kind == "text-to-image":
                 seeds = [config.seed + row for row in range(VALIDATION_IMAGES) for _ in prompts]
                 made = generate(model, prompts * VALIDATION_IMAGES, seeds=seeds, device=device,
