@@ -42,7 +42,7 @@ class TrainConfig:
     conditioning_dropout_prob: float = 0.05  # edit: p: 5% text dropped, 5% both, 5% image (at 0.05)
     proportion_empty_prompts: float = 0.0  # text-to-image: share of captions replaced by "" (for guidance)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is diffusers' suggestion); none: plain MSE
-    train_text_encoder: bool = False  # train the text encoder with the UNet (train_dreambooth.py's --train_text_encoder)
+    train_text_encoder: bool = False  # train the text encoder too (train_dreambooth.py's --train_text_encoder)
     text_encoder_learning_rate: float | None = None  # its peak learning rate (none: learning_rate)
     # --- optimisation ---
     output_dir: str = "runs/ip2p"  # checkpoints, metrics.jsonl, validation/ and the final model/
@@ -57,7 +57,7 @@ class TrainConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0  # gradient clipping
-    use_ema: bool = False  # keep an EMA of the UNet (and a trained text encoder) in model/; raw UNet in model/unet_non_ema
+    use_ema: bool = False  # an EMA of the UNet (and a trained text encoder) in model/; raw UNet: unet_non_ema
     ema_decay: float = 0.9999
     mixed_precision: str = "no"  # no, fp16, bf16
     gradient_checkpointing: bool = False  # less memory, more compute

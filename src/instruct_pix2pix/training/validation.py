@@ -56,7 +56,8 @@ def save_validation_grid(
     """Edit every validation image with every validation prompt (a text-to-image model: draw each
     validation caption from a few seeds) and save the grid. The UNet is the one being trained; the
     Editor and the pipeline leave its mode and flags alone, and the EMA weights are swapped into the
-    trained `parameters` and back out afterwards. Both draw only from their own seeded generators; fork_rng makes sure nothing else moves."""
+    trained `parameters` and back out afterwards. Both draw only from their own seeded generators;
+    fork_rng makes sure nothing else moves."""
     from instruct_pix2pix.editing import Editor, NumericalError
     from instruct_pix2pix.generation import generate
 
