@@ -11,35 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from instruct_pix2pix.loading import DEFAULT_MODEL, load_model
-from instruct_pix2pix.small_world.evaluate import SETTINGS, evaluate_text_to_image
-from instruct_pix2pix.small_world.generate import write_dataset
-from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, assemble_scratch
-from instruct_pix2pix.training import load_config, train
+from common import train_segment, trial_inputs
 
-Path("runs/trials").mkdir(parents=True, exist_ok=True)
+from instruct_pix2pix.loading import load_model
+from instruct_pix2pix.small_world.evaluate import SETTINGS, evaluate_text_to_image
+
 work = Path(sys.argv[1])
 points = [int(p) for p in sys.argv[2].split(",")]
 extra = sys.argv[3:]
-data, scratch = Path("runs/trials/data-10k"), Path("runs/trials/scratch-shipped")
-if not (data / "train-triples.jsonl").exists():
-    write_dataset(data, 10_000)
-if not scratch.exists():
-    assemble_scratch(DEFAULT_CLIP, DEFAULT_MODEL / "vae", scratch)
+_, scratch = trial_inputs()
 for steps in points:
     start = time.time()
-    overrides = [
-        f"from_scratch={scratch}",
-        f"train_data={data}",
-        f"output_dir={work}",
-        "resume_from_checkpoint=latest",
-        f"max_train_steps={steps}",
-        "lr_scheduler=constant_with_warmup",
-        "validation_steps=0",
-        "checkpointing_steps=250",
-        *extra,
-    ]
-    train(load_config("configs/small-world-t2i.yaml", overrides), show_progress=False)
+    train_segment("configs/small-world-t2i.yaml", [f"from_scratch={scratch}"], work, steps, extra)
     trained = time.time() - start
     model = load_model(work / "model", kind="text-to-image")
     results, _ = evaluate_text_to_image(model, SETTINGS, count=200, progress=False)
