@@ -238,6 +238,8 @@ def test_the_recipe_assembles_a_text_to_image_start_and_its_configs_chain(tmp_pa
     t2i = load_config(root / "small-world-t2i.yaml")
     editor = load_config(root / "small-world.yaml")
     assert (t2i.task, t2i.proportion_empty_prompts) == ("text-to-image", 0.1)
+    # the layout needs a trained text encoder and the first sampling steps' loss (README: the small world)
+    assert t2i.train_text_encoder and t2i.snr_gamma is None
     assert editor.task == "edit" and editor.pretrained_model_name_or_path == f"{t2i.output_dir}/model"
 
 

@@ -2,7 +2,8 @@
 at the start of sampling? For one-object captions ("a large red circle at the top left on a white
 background", each of the 9 cells) it predicts the clean latent at the first (pure-noise) timestep
 from a few noises, decodes it, and counts the predictions whose red is strongest in the captioned
-cell (chance: 1 in 9). A sheet shows the predictions: one row per noise, one column per cell.
+cell (chance: 1 in 9), and in its row and its column (chance: 1 in 3). A sheet shows the
+predictions: one row per noise, one column per cell.
 
     python benchmarks/trials/t2i_layout_probe.py MODEL_DIR [SHEET.png] [--position]
 
@@ -32,7 +33,7 @@ scheduler = DDPMScheduler.from_config(model.scheduler_config)
 captions = [f"a large red circle {CELL_PHRASES[cell]} on a white background" for cell in CELLS]
 t = scheduler.config.num_train_timesteps - 1
 signal = scheduler.alphas_cumprod[t]
-hits, rows, third = 0, [], 64 // 3
+hits, row_hits, column_hits, rows, third = 0, 0, 0, [], 64 // 3
 with torch.no_grad():
     states = encode_prompts(model.tokenizer, model.text_encoder, captions)
     for seed in range(NOISES):
@@ -45,8 +46,13 @@ with torch.no_grad():
         redness = (images[:, 0] - (images[:, 1] + images[:, 2]) / 2).clamp_min(0)
         for i in range(len(CELLS)):
             mass = [redness[i, r * third : (r + 1) * third, c * third : (c + 1) * third].sum().item() for r, c in CELLS]
+            mass = np.array(mass).reshape(3, 3)
             hits += int(np.argmax(mass)) == i
+            row_hits += int(np.argmax(mass.sum(1))) == CELLS[i][0]
+            column_hits += int(np.argmax(mass.sum(0))) == CELLS[i][1]
         rows.append(to_pil(images))
 if len(args) > 1:
     image_grid(rows, column_labels=[CELL_PHRASES[c] for c in CELLS]).save(args[1])
-print(f"{args[0]}: {hits} of {NOISES * len(CELLS)} one-object predictions reddest where captioned (chance: 1 in 9)")
+total = NOISES * len(CELLS)
+print(f"{args[0]}: of {total} one-object predictions, {hits} are reddest in the captioned cell (chance: 1 in 9), "
+      f"{row_hits} in its row and {column_hits} in its column (chance: 1 in 3)")  # fmt: skip
