@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler
 from instruct_pix2pix.images import image_grid, to_pil
 from instruct_pix2pix.loading import load_model
 from instruct_pix2pix.prompts import encode_prompts
+from instruct_pix2pix.small_world.reader import _bounds
 from instruct_pix2pix.small_world.scenes import CELL_PHRASES, CELLS
 
 if "--position" in sys.argv:
@@ -27,26 +28,25 @@ if "--position" in sys.argv:
     runpy.run_path(sys.argv[0].replace("t2i_layout_probe", "t2i_position_trial"), run_name="patch")
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 NOISES = 3
-torch.manual_seed(0)
 model = load_model(args[0], kind="text-to-image")
 scheduler = DDPMScheduler.from_config(model.scheduler_config)
 captions = [f"a large red circle {CELL_PHRASES[cell]} on a white background" for cell in CELLS]
 t = scheduler.config.num_train_timesteps - 1
 signal = scheduler.alphas_cumprod[t]
-hits, row_hits, column_hits, rows, third = 0, 0, 0, [], 64 // 3
+hits, row_hits, column_hits, rows = 0, 0, 0, []
+side = model.unet.config.sample_size
 with torch.no_grad():
     states = encode_prompts(model.tokenizer, model.text_encoder, captions)
     for seed in range(NOISES):
-        side = model.unet.config.sample_size
         noise = torch.randn(1, model.unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(seed))
         noisy = noise.expand(len(CELLS), -1, -1, -1) * (1 - signal) ** 0.5  # + signal**0.5 * x0, ~0.7% of it
         v = model.unet(noisy, torch.full((len(CELLS),), t), states).sample
         clean = signal**0.5 * noisy - (1 - signal) ** 0.5 * v  # v-prediction's x0
         images = model.vae.decode(clean / model.vae.config.scaling_factor).sample.clamp(-1, 1)
         redness = (images[:, 0] - (images[:, 1] + images[:, 2]) / 2).clamp_min(0)
+        bounds = _bounds(images.shape[-1])  # the cells' pixels, as the scene reader divides them
         for i in range(len(CELLS)):
-            mass = [redness[i, r * third : (r + 1) * third, c * third : (c + 1) * third].sum().item() for r, c in CELLS]
-            mass = np.array(mass).reshape(3, 3)
+            mass = np.array([[redness[i, r0:r1, c0:c1].sum().item() for c0, c1 in bounds] for r0, r1 in bounds])
             hits += int(np.argmax(mass)) == i
             row_hits += int(np.argmax(mass.sum(1))) == CELLS[i][0]
             column_hits += int(np.argmax(mass.sum(0))) == CELLS[i][1]
