@@ -210,3 +210,15 @@ def test_bad_input_is_reported_on_one_line(tmp_path):
     message = str(error.value)
     assert message.startswith("steps must be") and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_the_gradient_loss_charges_blurred_edges_not_flat_offsets():
+    """l1+gradient adds the L1 of the error's neighbour differences: a uniform offset costs what it
+    costs under L1, a blurred edge costs more (the edge term), and a perfect copy costs nothing."""
+    target = torch.zeros(1, 3, 8, 8)
+    target[..., 2:6, 2:6] = 1.0  # a square
+    blurred = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1, count_include_pad=False)
+    l1, gradient = pretrain.RECONSTRUCTION_LOSSES["l1"], pretrain.RECONSTRUCTION_LOSSES["l1+gradient"]
+    assert gradient(target - target) == 0
+    assert torch.isclose(gradient(torch.full_like(target, 0.1)), l1(torch.full_like(target, 0.1)))
+    assert gradient(blurred - target) > 1.5 * l1(blurred - target)

@@ -78,16 +78,22 @@ def test_the_internet_and_the_triples_are_fixed_and_disjoint_from_the_test_capti
     assert {p.kind for p in kinds} == set(KINDS) and not any(p.held_out for p in kinds)
 
 
-def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path):
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architecture):
     metrics = pretrain_language_model(
         tmp_path,
         steps=3,
         batch_size=4,
         learning_rate=1e-3,
         progress=False,
-        model_config={"n_embd": 16, "n_layer": 1, "n_head": 2},
+        model_config={"n_embd": 16, "n_layer": 1, "n_head": 2, "architecture": architecture},
     )
     assert metrics["steps"] == 3 and (tmp_path / "model" / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (
+        saved["model_type"] == architecture
+        and saved["num_hidden_layers" if architecture == "llama" else "n_layer"] == 1
+    )
     report = evaluate_language_model(
         tmp_path / "model", count=4, batch_size=4, device="cpu", training=world_triples(18)
     )

@@ -1,11 +1,12 @@
 """VAE trials: read-exact through the VAE on held-out scenes at equal steps, per design.
 
-    python benchmarks/trials/vae_trial.py ARM STEPS [SMALL_RADIUS]   (appends to runs/trials/vae-trials.jsonl)
+    python benchmarks/trials/vae_trial.py ARM STEPS [SMALL_RADIUS [LOSS]]   (appends to runs/trials/vae-trials.jsonl)
 
 ARM: 4x (the shipped design: 32/64/64 channels, 4 latent channels), 4x-c8 (8 latent channels: twice
 the numbers per latent pixel, the UNet's cost unchanged but for conv_in/conv_out) or 2x (32/64,
 no mid-block attention: 32x32 latents). SMALL_RADIUS (default the world's, 0.085) redraws the
-small objects at that radius of the side, in the training scenes and the held-out ones alike.
+small objects at that radius of the side, in the training scenes and the held-out ones alike. LOSS
+is train_vae's reconstruction_loss (default l1).
 """
 
 import json
@@ -29,11 +30,23 @@ arm, steps = sys.argv[1], int(sys.argv[2])
 small = float(sys.argv[3]) if len(sys.argv) > 3 else scenes.RADIUS["small"]
 scenes.RADIUS["small"] = small
 _masks.cache_clear()
-out = Path(f"runs/trials/vae-{arm}-{steps}" + (f"-r{small}" if len(sys.argv) > 3 else ""))
+loss = sys.argv[4] if len(sys.argv) > 4 else "l1"
+out = Path(
+    f"runs/trials/vae-{arm}-{steps}"
+    + (f"-r{small}" if len(sys.argv) > 3 else "")
+    + (f"-{loss}" if loss != "l1" else "")
+)
 out.parent.mkdir(parents=True, exist_ok=True)
 t = time.time()
 m = pretrain.train_vae(
-    out, steps=steps, batch_size=16, learning_rate=1e-3, seed=0, model_config=ARMS[arm], progress=False
+    out,
+    steps=steps,
+    batch_size=16,
+    learning_rate=1e-3,
+    seed=0,
+    model_config=ARMS[arm],
+    progress=False,
+    reconstruction_loss=loss,
 )
 vae = AutoencoderKL.from_pretrained(out / "model").eval()
 edits = list(sample_edits("test", 200))
@@ -50,6 +63,7 @@ result = {
     "arm": arm,
     "steps": steps,
     "small_radius": small,
+    "loss": loss,
     "psnr": m["psnr"],
     "train_seconds": m["train_seconds"],
     "read_exact": ok / len(held_out),

@@ -275,6 +275,32 @@ def check_completion(input_caption: str, text: str) -> Check:
 # --- training ------------------------------------------------------------------------------------
 
 
+def new_language_model(tokenizer, settings: dict):
+    """The world's language model, untrained: a GPT-2 (learnt positions) or, with `architecture: llama`,
+    a Llama of the same sizes (rotary positions, SwiGLU, RMSNorm)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    settings = dict(settings)
+    architecture = settings.pop("architecture", "gpt2")
+    end = tokenizer.eos_token_id  # GPT-2's one special token: beginning, end and padding
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": end, "eos_token_id": end, "pad_token_id": end}
+    if architecture == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(**ids, **settings))
+    if architecture == "llama":
+        width = settings["n_embd"]
+        config = LlamaConfig(
+            **ids,
+            hidden_size=width,
+            intermediate_size=settings.get("n_inner") or 4 * width,
+            num_hidden_layers=settings["n_layer"],
+            num_attention_heads=settings["n_head"],
+            max_position_embeddings=settings["n_positions"],
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(config)
+    raise UserError(f"the world's language model is a gpt2 or a llama, not {architecture!r}")
+
+
 def pretrain_language_model(
     output_dir,
     *,
@@ -286,9 +312,7 @@ def pretrain_language_model(
     progress: bool = True,
     model_config: dict | None = None,
 ) -> dict:
-    """Pretrain the world's GPT-2 on its internet (captions); writes output_dir/model, returns the metrics."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the metrics."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
@@ -296,10 +320,8 @@ def pretrain_language_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = world_tokenizer()
     settings = {**MODEL_CONFIG, **(model_config or {})}
-    end = tokenizer.eos_token_id  # GPT-2's one special token: beginning, end and padding
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=end, eos_token_id=end, pad_token_id=end, **settings)
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model = new_language_model(tokenizer, settings)
     arguments = {
         "steps": steps,
         "batch_size": batch_size,
