@@ -222,3 +222,15 @@ def test_the_gradient_loss_charges_blurred_edges_not_flat_offsets():
     assert gradient(target - target) == 0
     assert torch.isclose(gradient(torch.full_like(target, 0.1)), l1(torch.full_like(target, 0.1)))
     assert gradient(blurred - target) > 1.5 * l1(blurred - target)
+
+
+def test_bf16_autocast_trains_the_vae_and_is_part_of_its_settings(tmp_path, vae_run):
+    """Under bf16 autocast the VAE still learns in float32 weights, the run says so (a resume with
+    float32 settings is refused), and a float32 run's settings leave the key out (older checkpoints
+    still resume)."""
+    metrics = pretrain.train_vae(tmp_path, **VAE_ARGS, bf16_autocast=True)
+    assert metrics["bf16_autocast"] is True and "bf16_autocast" not in vae_run[1]
+    weights = load_file(tmp_path / "model" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    with pytest.raises(UserError, match="other settings"):
+        pretrain.train_vae(tmp_path, **VAE_ARGS)  # the same run but in float32

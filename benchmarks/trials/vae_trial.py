@@ -1,12 +1,13 @@
 """VAE trials: read-exact through the VAE on held-out scenes at equal steps, per design.
 
-    python benchmarks/trials/vae_trial.py ARM STEPS [SMALL_RADIUS [LOSS]]   (appends to runs/trials/vae-trials.jsonl)
+    python benchmarks/trials/vae_trial.py ARM STEPS [SMALL_RADIUS [LOSS [bf16]]]
 
 ARM: 4x (the shipped design: 32/64/64 channels, 4 latent channels), 4x-c8 (8 latent channels: twice
 the numbers per latent pixel, the UNet's cost unchanged but for conv_in/conv_out) or 2x (32/64,
 no mid-block attention: 32x32 latents). SMALL_RADIUS (default the world's, 0.085) redraws the
 small objects at that radius of the side, in the training scenes and the held-out ones alike. LOSS
-is train_vae's reconstruction_loss (default l1).
+is train_vae's reconstruction_loss (default l1); bf16 trains under CPU bf16 autocast. Results are appended
+to runs/trials/vae-trials.jsonl.
 """
 
 import json
@@ -31,6 +32,7 @@ small = float(sys.argv[3]) if len(sys.argv) > 3 else scenes.RADIUS["small"]
 scenes.RADIUS["small"] = small
 _masks.cache_clear()
 loss = sys.argv[4] if len(sys.argv) > 4 else "l1"
+bf16 = len(sys.argv) > 5 and sys.argv[5] == "bf16"
 out = Path(
     f"runs/trials/vae-{arm}-{steps}"
     + (f"-r{small}" if len(sys.argv) > 3 else "")
@@ -47,6 +49,7 @@ m = pretrain.train_vae(
     model_config=ARMS[arm],
     progress=False,
     reconstruction_loss=loss,
+    bf16_autocast=bf16,
 )
 vae = AutoencoderKL.from_pretrained(out / "model").eval()
 edits = list(sample_edits("test", 200))
@@ -64,6 +67,7 @@ result = {
     "steps": steps,
     "small_radius": small,
     "loss": loss,
+    "bf16_autocast": bf16,
     "psnr": m["psnr"],
     "train_seconds": m["train_seconds"],
     "read_exact": ok / len(held_out),

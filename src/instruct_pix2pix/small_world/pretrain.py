@@ -410,12 +410,14 @@ def train_vae(
     reconstruction_loss: str = "l1",
     kl_weight: float = 1e-6,
     model_config: dict | None = None,
+    bf16_autocast: bool = False,
 ) -> dict:
     """Train the small AutoencoderKL on rendered scenes; set its scaling factor; write output_dir/model.
 
     Loss per image, as the latent-diffusion autoencoder's: reconstruction summed over pixels plus
     `kl_weight` times the KL divergence summed over latents (divided through by the pixel count, so
     the learning rate does not depend on the image size). `model_config` overrides `vae_config`.
+    `bf16_autocast` runs the encoder and decoder under CPU bf16 autocast (the loss in float32).
     """
     output_dir = _check_arguments(
         output_dir, steps, batch_size, learning_rate, image_size, 4, 1, checkpoint_every, eval_examples
@@ -446,14 +448,16 @@ def train_vae(
         "reconstruction_loss": reconstruction_loss,
         "kl_weight": kl_weight,
         "model_config": _model_settings(model_config),
+        **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         images = to_unit_tensor([render(s, image_size) for s in training_scenes(step, batch_size)]) * 2 - 1
-        posterior = vae.encode(images).latent_dist
-        decoded = vae.decode(posterior.sample(generator=generator)).sample
-        rec = RECONSTRUCTION_LOSSES[reconstruction_loss](decoded - images)
-        return rec + kl_weight * posterior.kl().mean() / images[0].numel()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast):
+            posterior = vae.encode(images).latent_dist
+            decoded = vae.decode(posterior.sample(generator=generator)).sample
+        rec = RECONSTRUCTION_LOSSES[reconstruction_loss](decoded.float() - images)
+        return rec + kl_weight * posterior.kl().float().mean() / images[0].numel()
 
     fit = fit_model(
         "vae",
