@@ -37,6 +37,7 @@ out = Path(
     f"runs/trials/vae-{arm}-{steps}"
     + (f"-r{small}" if len(sys.argv) > 3 else "")
     + (f"-{loss}" if loss != "l1" else "")
+    + ("-bf16" if bf16 else "")
 )
 out.parent.mkdir(parents=True, exist_ok=True)
 t = time.time()
