@@ -8,6 +8,7 @@ import json
 import pytest
 
 from instruct_pix2pix.data.triples import completion
+from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import KINDS, sample_edits, vocabulary
 from instruct_pix2pix.small_world.language import (
     DEFAULT_LANGUAGE_MODEL,
@@ -98,6 +99,14 @@ def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architec
         tmp_path / "model", count=4, batch_size=4, device="cpu", training=world_triples(18)
     )
     assert report["captions"] == 4 and 0 <= report["right"] <= report["parses"] <= 1
+
+
+def test_an_unknown_architecture_is_one_line_and_writes_nothing(tmp_path):
+    with pytest.raises(UserError, match="gpt2 or a llama, not 'mamba'") as error:
+        pretrain_language_model(
+            tmp_path / "out", steps=3, batch_size=4, learning_rate=1e-3, model_config={"architecture": "mamba"}
+        )
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 
 def test_the_shipped_language_model_writes_triples_of_the_world():

@@ -317,11 +317,11 @@ def pretrain_language_model(
     from instruct_pix2pix.training.loop import fit
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = world_tokenizer()
     settings = {**MODEL_CONFIG, **(model_config or {})}
     torch.manual_seed(seed)
-    model = new_language_model(tokenizer, settings)
+    model = new_language_model(tokenizer, settings)  # a bad architecture is refused before anything is written
+    output_dir.mkdir(parents=True, exist_ok=True)
     arguments = {
         "steps": steps,
         "batch_size": batch_size,
