@@ -1,13 +1,14 @@
 """VAE trials: read-exact through the VAE on held-out scenes at equal steps, per design.
 
-    python benchmarks/trials/vae_trial.py ARM STEPS [SMALL_RADIUS [LOSS [bf16]]]
+    python benchmarks/trials/vae_trial.py [KEY=VALUE ...]
 
-ARM: 4x (the shipped design: 32/64/64 channels, 4 latent channels), 4x-c8 (8 latent channels: twice
-the numbers per latent pixel, the UNet's cost unchanged but for conv_in/conv_out) or 2x (32/64,
-no mid-block attention: 32x32 latents). SMALL_RADIUS (default the world's, 0.085) redraws the
-small objects at that radius of the side, in the training scenes and the held-out ones alike. LOSS
-is train_vae's reconstruction_loss (default l1); bf16 trains under CPU bf16 autocast. Results are appended
-to runs/trials/vae-trials.jsonl.
+Keys (defaults in brackets): steps [2400]; small, the small objects' radius as a share of the side,
+in the training scenes and the held-out ones alike [the world's]; loss, train_vae's
+reconstruction_loss [l1]; bf16, 1 to train under CPU bf16 autocast [0]; lr [1e-3]; batch [16];
+and the model: channels, block_out_channels as 32,64,64 [the shipped design: 32,64,64, two
+downsamplings]; latent, latent channels [4]; groups, norm_num_groups [vae_config's: 8, 32 before the
+groups trials]; layers, layers_per_block [1]. Each run trains in its own folder under runs/trials/,
+named after the keys given; results are appended to runs/trials/vae-trials.jsonl.
 """
 
 import json
@@ -22,35 +23,38 @@ from instruct_pix2pix.small_world import pretrain, scenes
 from instruct_pix2pix.small_world.edits import sample_edits
 from instruct_pix2pix.small_world.reader import _masks, field_errors, read
 
-ARMS = {
-    "4x": None,
-    "4x-c8": {"latent_channels": 8},
-    "2x": {"block_out_channels": (32, 64), "mid_block_add_attention": False},
-}
-arm, steps = sys.argv[1], int(sys.argv[2])
-small = float(sys.argv[3]) if len(sys.argv) > 3 else scenes.RADIUS["small"]
-scenes.RADIUS["small"] = small
+given = dict(argument.split("=", 1) for argument in sys.argv[1:])
+unknown = set(given) - {"steps", "small", "loss", "bf16", "lr", "batch", "channels", "latent", "groups", "layers"}
+if unknown:
+    sys.exit(f"unknown keys {sorted(unknown)}; see the docstring")
+steps = int(given.get("steps", 2400))
+scenes.RADIUS["small"] = float(given.get("small", scenes.RADIUS["small"]))
 _masks.cache_clear()
-loss = sys.argv[4] if len(sys.argv) > 4 else "l1"
-bf16 = len(sys.argv) > 5 and sys.argv[5] == "bf16"
-out = Path(
-    f"runs/trials/vae-{arm}-{steps}"
-    + (f"-r{small}" if len(sys.argv) > 3 else "")
-    + (f"-{loss}" if loss != "l1" else "")
-    + ("-bf16" if bf16 else "")
-)
+model_config = {
+    key: value
+    for key, value in {
+        "block_out_channels": tuple(int(c) for c in given["channels"].split(",")) if "channels" in given else None,
+        "latent_channels": int(given["latent"]) if "latent" in given else None,
+        "norm_num_groups": int(given["groups"]) if "groups" in given else None,
+        "layers_per_block": int(given["layers"]) if "layers" in given else None,
+    }.items()
+    if value is not None
+}
+if "channels" in given and len(model_config["block_out_channels"]) == 2:
+    model_config["mid_block_add_attention"] = False
+out = Path("runs/trials/vae-" + "-".join(f"{k}{v}" for k, v in sorted(given.items())))
 out.parent.mkdir(parents=True, exist_ok=True)
 t = time.time()
 m = pretrain.train_vae(
     out,
     steps=steps,
-    batch_size=16,
-    learning_rate=1e-3,
+    batch_size=int(given.get("batch", 16)),
+    learning_rate=float(given.get("lr", 1e-3)),
     seed=0,
-    model_config=ARMS[arm],
+    model_config=model_config or None,
     progress=False,
-    reconstruction_loss=loss,
-    bf16_autocast=bf16,
+    reconstruction_loss=given.get("loss", "l1"),
+    bf16_autocast=given.get("bf16", "0") == "1",
 )
 vae = AutoencoderKL.from_pretrained(out / "model").eval()
 edits = list(sample_edits("test", 200))
@@ -64,12 +68,9 @@ for i in range(0, len(held_out), 50):
         ok += reading == scene
         errors.update(k for k, v in field_errors(reading, scene).items() if v)
 result = {
-    "arm": arm,
-    "steps": steps,
-    "small_radius": small,
-    "loss": loss,
-    "bf16_autocast": bf16,
+    **given,
     "psnr": m["psnr"],
+    "parameters": m["parameters"],
     "train_seconds": m["train_seconds"],
     "read_exact": ok / len(held_out),
     "field_errors": dict(errors),

@@ -321,10 +321,15 @@ def train_clip(
 
 
 def vae_config(image_size: int = 64, overrides: dict | None = None) -> dict:
-    """The small AutoencoderKL: three levels (two downsamplings), 4 latent channels; 64x64 -> 4x16x16."""
+    """The small AutoencoderKL: three levels (two downsamplings), 4 latent channels; 64x64 -> 4x16x16.
+
+    8 norm groups: 4 channels a group at the first level, as Stable Diffusion's VAE has (128 / 32).
+    With 32 groups each of the first level's channels was its own group, an instance norm that
+    drops every channel's mean, and at equal steps the VAE read back 39% of scenes exactly, not 67%
+    (and with 1 group, 55%; README, the scaling study)."""
     config = {
         "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1, "norm_num_groups": 32, "sample_size": image_size,
+        "layers_per_block": 1, "norm_num_groups": 8, "sample_size": image_size,
         **(overrides or {}),
     }  # fmt: skip
     levels = len(config["block_out_channels"])
