@@ -12,13 +12,11 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import KINDS, sample_edits, vocabulary
 from instruct_pix2pix.small_world.language import (
     DEFAULT_LANGUAGE_MODEL,
-    NARRATIONS,
     apply_instruction,
     check_completion,
     evaluate_language_model,
     held_out_captions,
     internet_document,
-    narration_words,
     parse_caption,
     parse_instruction,
     pretrain_language_model,
@@ -81,29 +79,8 @@ def test_the_internet_and_the_triples_are_fixed_and_disjoint_from_the_test_capti
     assert {p.kind for p in kinds} == set(KINDS) and not any(p.held_out for p in kinds)
 
 
-def test_the_narrated_internet_tells_each_change_in_words_that_are_not_instructions():
-    narrations = []
-    for index in range(60):
-        lines = internet_document(index, "narrated").split("\n")
-        assert len(lines) % 2 == 1 and all(parse_caption(line) is not None for line in lines[::2])
-        narrations += lines[1::2]
-    assert len(narrations) >= 60 and not any(parse_instruction(n) for n in narrations)
-    assert len({n.split()[0] + " " + n.split()[1] for n in narrations}) >= 2  # both ways of telling
-    assert internet_document(7, "narrated") != internet_document(7)  # the first internet is unchanged
-    tokenizer = world_tokenizer("narrated")
-    for word in narration_words():
-        assert len(tokenizer(" " + word).input_ids) == 1, word
-    assert set(NARRATIONS) == set(KINDS)
-
-
-def test_an_unknown_internet_is_one_line_and_writes_nothing(tmp_path):
-    with pytest.raises(UserError, match="one of series, narrated, not 'forum'") as error:
-        pretrain_language_model(tmp_path / "out", steps=3, batch_size=4, learning_rate=1e-3, internet="forum")
-    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("architecture, internet", [("gpt2", "series"), ("llama", "narrated")])
-def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architecture, internet):
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architecture):
     metrics = pretrain_language_model(
         tmp_path,
         steps=3,
@@ -111,12 +88,8 @@ def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architec
         learning_rate=1e-3,
         progress=False,
         model_config={"n_embd": 16, "n_layer": 1, "n_head": 2, "architecture": architecture},
-        internet=internet,
     )
     assert metrics["steps"] == 3 and (tmp_path / "model" / "model.safetensors").exists()
-    assert metrics.get("internet", "series") == internet  # absent for the first internet: older runs resume
-    vocabulary_size = json.loads((tmp_path / "model" / "config.json").read_text())["vocab_size"]
-    assert vocabulary_size == len(world_tokenizer(internet))
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert (
         saved["model_type"] == architecture

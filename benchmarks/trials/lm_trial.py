@@ -3,8 +3,8 @@ measured on held-out captions (parse, right), resumable.
 
     python benchmarks/trials/lm_trial.py OUTPUT_DIR PRETRAIN_STEPS EPOCHS [key=value ...]
 
-key=value set the model (architecture=llama, n_layer=6, n_embd=192, ...), and internet=narrated the
-pretraining text (language.INTERNETS). Results are appended to runs/trials/lm-trials.jsonl.
+key=value set the model (architecture=llama, n_layer=6, n_embd=192, ...). Results are appended to
+runs/trials/lm-trials.jsonl.
 """
 
 import json
@@ -15,17 +15,14 @@ from pathlib import Path
 from instruct_pix2pix.small_world.language import DEFAULTS, MODEL_CONFIG, train_language_model
 
 work, steps, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-model, internet = dict(MODEL_CONFIG), {}
+model = dict(MODEL_CONFIG)
 for item in sys.argv[4:]:
     key, value = item.split("=", 1)
-    if key == "internet":
-        internet = {"internet": value}
-    else:
-        model[key] = int(value) if value.isdigit() else value
+    model[key] = int(value) if value.isdigit() else value
 started = time.time()
 report = train_language_model(
     work,
-    pretrain={**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **internet},
+    pretrain={**DEFAULTS["pretrain"], "steps": steps, "model_config": model},
     finetune={**DEFAULTS["finetune"], "epochs": epochs},
     progress=False,
 )
@@ -33,7 +30,6 @@ evaluation = report["evaluation"]
 row = {
     "run": str(work),
     "model": model,
-    **internet,
     "pretrain_steps": steps,
     "epochs": epochs,
     "parameters": report["pretrain"]["parameters"],

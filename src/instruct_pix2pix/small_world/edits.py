@@ -232,23 +232,15 @@ EDIT_FUNCTIONS: dict[str, Callable[[Scene, random.Random], Change | None]] = {
 }  # fmt: skip
 
 
-def make_edit(
-    scene: Scene,
-    kind: str,
-    rng: random.Random,
-    *,
-    held_out: bool = False,
-    phrasings: dict[str, dict[str, list[str]]] | None = None,
-) -> WorldEdit | None:
-    """Apply one edit of `kind` to `scene`, phrased with a training (or held-out) phrasing, or with
-    one of `phrasings[kind][variant]` (other words for the change: the world's internet narrates).
+def make_edit(scene: Scene, kind: str, rng: random.Random, *, held_out: bool = False) -> WorldEdit | None:
+    """Apply one edit of `kind` to `scene`, phrased with a training (or held-out) phrasing.
 
     None if it does not apply."""
     change = EDIT_FUNCTIONS[kind](scene, rng)
     if change is None:
         return None
     after, words, variant = change
-    phrasing = rng.choice(phrasings[kind][variant] if phrasings else PHRASINGS[kind][variant][1 if held_out else 0])
+    phrasing = rng.choice(PHRASINGS[kind][variant][1 if held_out else 0])
     return WorldEdit(kind, variant, phrasing.format(**words), held_out, scene, after)
 
 

@@ -54,25 +54,6 @@ TRIPLES = 700  # as many as the paper's human-written ones
 BLACK_AND_WHITE_PROBABILITY = 0.1  # the internet has some black-and-white pictures too
 SERIES = 3  # at most this many pictures in a document
 MODEL_CONFIG = {"n_positions": 256, "n_embd": 128, "n_layer": 4, "n_head": 4}
-INTERNETS = ("series", "narrated")
-# How the internet's narrated series tell a change between two pictures: statements, in words of
-# their own, never an instruction (the phrasings of `edits.PHRASINGS`, seen or held out).
-NARRATIONS = {
-    "recolor": {"": ["then {obj} turned {colour}", "after that {obj} was {colour}"]},
-    "reshape": {"": ["then {obj} became a {shape}", "after that {obj} was a {colour} {shape}"]},
-    "add": {"": ["then {thing} appeared {where}", "after that there was {thing} {where}"]},
-    "remove": {"": ["then {obj} disappeared", "after that {obj} was gone"]},
-    "resize": {"bigger": ["then {obj} grew", "after that {obj} was large"],
-               "smaller": ["then {obj} shrank", "after that {obj} was small"]},
-    "move": {"": ["then {obj} went {direction}", "after that {obj} was one cell further {direction}"]},
-    "background": {"plain": ["then the background turned {background}", "after that the background was {background}"],
-                   "scenery": ["then the scene went to {background}", "after that everything was on {background}"]},
-    "global": {"night": ["then night fell", "after that it was night"],
-               "day": ["then day came", "after that it was day"],
-               "black_and_white": ["then the colors faded", "after that it was black and white"]},
-    "count": {"": ["then {number} {size} {colour} {shapes} appeared",
-                   "after that there were {number} more {size} {colour} {shapes}"]},
-}  # fmt: skip
 # The shipped model's settings. Fine-tuning runs 30 epochs, not the paper's one: a model of 0.9M
 # parameters does not pick up the format in one (the runs behind this choice: README, 'Making data:
 # the text stage').
@@ -85,41 +66,30 @@ DEFAULTS = {
 # --- the world's text ------------------------------------------------------------------------------
 
 
-def narration_words() -> list[str]:
-    """The narrations' words that the world's vocabulary lacks."""
-    texts = [t for variants in NARRATIONS.values() for options in variants.values() for t in options]
-    return sorted({word for t in texts for word in re.sub(r"\{\w+\}", " ", t).split()} - set(vocabulary()))
-
-
-def world_tokenizer(internet: str = "series"):
-    """GPT-2's byte-level BPE, with one token for each word of the world and of the text stage's
-    format (and of the narrations, for a model pretrained on the narrated internet)."""
+def world_tokenizer():
+    """GPT-2's byte-level BPE, with one token for each word of the world and of the text stage's format."""
     from instruct_pix2pix.tokenizers import build_gpt2_tokenizer
 
     markers = [PROMPT_END.strip(), SEPARATOR.strip(), STOP.strip()]
-    narrations = narration_words() if internet == "narrated" else []
-    return build_gpt2_tokenizer(vocabulary() + narrations + markers, model_max_length=MODEL_CONFIG["n_positions"])
+    return build_gpt2_tokenizer(vocabulary() + markers, model_max_length=MODEL_CONFIG["n_positions"])
 
 
-def internet_document(index: int, internet: str = "series") -> str:
+def internet_document(index: int) -> str:
     """Document `index` of the world's internet: a series of pictures' captions, one a line, each
     picture the one before with one thing changed (as albums and photo series are). Its text has no
     instructions; what it teaches is the captions' grammar, and that a caption can be copied with a
-    change, which a language model knows from real text before it is fine-tuned. On the "narrated"
-    internet a line between two captions tells the change in words of its own (NARRATIONS), as
-    real text says what changed from one picture to the next."""
+    change, which a language model knows from real text before it is fine-tuned."""
     rng = edit_rng(PRETRAIN_SPLIT, index)
     scene = sample_scene(rng)
     if rng.random() < BLACK_AND_WHITE_PROBABILITY:
         scene = replace(scene, black_and_white=True)
-    lines = [caption(scene)]
-    narrated = internet == "narrated"
+    captions = [caption(scene)]
     for _ in range(rng.randint(1, SERIES - 1)):
-        edit = make_edit(scene, rng.choice(KINDS), rng, phrasings=NARRATIONS if narrated else None)
+        edit = make_edit(scene, rng.choice(KINDS), rng)
         if edit is not None:
             scene = edit.after
-            lines += [edit.instruction, caption(scene)] if narrated else [caption(scene)]
-    return "\n".join(lines)
+            captions.append(caption(scene))
+    return "\n".join(captions)
 
 
 def world_triples(count: int = TRIPLES, split: str = TRIPLES_SPLIT) -> list[Triple]:
@@ -341,17 +311,13 @@ def pretrain_language_model(
     checkpoint_every: int = 100,
     progress: bool = True,
     model_config: dict | None = None,
-    internet: str = "series",
 ) -> dict:
-    """Pretrain the world's language model on its internet (captions; `internet` one of INTERNETS);
-    writes output_dir/model, returns the metrics."""
+    """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the metrics."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
-    if internet not in INTERNETS:
-        raise UserError(f"the world's internet is one of {', '.join(INTERNETS)}, not {internet!r}")
     output_dir = Path(output_dir)
-    tokenizer = world_tokenizer(internet)
+    tokenizer = world_tokenizer()
     settings = {**MODEL_CONFIG, **(model_config or {})}
     torch.manual_seed(seed)
     model = new_language_model(tokenizer, settings)  # a bad architecture is refused before anything is written
@@ -362,11 +328,10 @@ def pretrain_language_model(
         "learning_rate": learning_rate,
         "seed": seed,
         "model_config": settings,
-        **({"internet": internet} if internet != "series" else {}),  # absent for the first: older runs resume
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        texts = [internet_document(step * batch_size + i, internet) for i in range(batch_size)]
+        texts = [internet_document(step * batch_size + i) for i in range(batch_size)]
         rows = [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
         return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss
 
