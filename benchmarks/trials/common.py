@@ -1,31 +1,56 @@
-"""What the UNet trials share: their data and scratch folder, and one resumable training segment."""
+"""What the UNet trials share: their data and scratch folder, and one resumable training segment.
 
+Both trial scripts take, before the training overrides, the world and model settings of a trial:
+`small=R` (the small objects' radius as a share of the side, in the data and the evaluation alike),
+`vae=FOLDER` (a trained VAE, default the shipped one) and `unet.KEY=VALUE` (the UNet's config, as
+`unet.norm_num_groups=8`). Each combination gets its own data and scratch folders, made once.
+"""
+
+import json
+import sys
 from pathlib import Path
 
 from instruct_pix2pix.loading import DEFAULT_MODEL
+from instruct_pix2pix.small_world import scenes
 from instruct_pix2pix.small_world.generate import write_dataset
+from instruct_pix2pix.small_world.reader import _masks
 from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, assemble_scratch
 from instruct_pix2pix.training import load_config, train
 
-DATA, SCRATCH = Path("runs/trials/data-10k"), Path("runs/trials/scratch-shipped")
+TRIALS = Path("runs/trials")
 
 
-def trial_inputs() -> tuple[Path, Path]:
-    """10,000 training edits and a from_scratch folder over the shipped VAE and CLIP, made once."""
-    Path("runs/trials").mkdir(parents=True, exist_ok=True)
-    if not (DATA / "train-triples.jsonl").exists():
-        write_dataset(DATA, 10_000)
-    if not SCRATCH.exists():
-        assemble_scratch(DEFAULT_CLIP, DEFAULT_MODEL / "vae", SCRATCH)
-    return DATA, SCRATCH
+def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
+    """Data (10,000 training edits) and a from_scratch folder over the VAE and the shipped CLIP, for
+    the trial settings among `arguments`; returns them and the arguments left (training overrides)."""
+    settings = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if a.startswith(("small=", "vae=", "unet."))}
+    rest = [a for a in arguments if a.split("=", 1)[0] not in settings]
+    if "small" in settings:
+        scenes.RADIUS["small"] = float(settings["small"])
+        _masks.cache_clear()
+    radius = scenes.RADIUS["small"]
+    vae = Path(settings.get("vae", DEFAULT_MODEL / "vae"))
+    unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}
+    data = TRIALS / ("data-10k" if radius == 0.085 else f"data-10k-r{radius}")  # data-10k: the first trials'
+    name = "shipped" if "vae" not in settings else vae.parent.name if vae.name == "model" else vae.name
+    scratch = TRIALS / ("scratch-" + name + "".join(f"-{k}{v}" for k, v in unet.items()))
+    TRIALS.mkdir(parents=True, exist_ok=True)
+    if not (data / "train-triples.jsonl").exists():
+        write_dataset(data, 10_000)
+    if not scratch.exists():
+        assemble_scratch(DEFAULT_CLIP, vae, scratch)
+        config_file = scratch / "unet" / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **unet}, indent=2))
+    print(f"trial inputs: data {data}, scratch {scratch}, overrides {rest}", file=sys.stderr)
+    return data, scratch, rest
 
 
-def train_segment(config: str, start: list[str], work: Path, steps: int, extra: list[str]) -> None:
+def train_segment(config: str, start: list[str], data: Path, work: Path, steps: int, extra: list[str]) -> None:
     """Train `work` on to `steps` at a constant learning rate after warmup, so that each segment
     continues the last exactly (resumed from its latest checkpoint)."""
     overrides = [
         *start,
-        f"train_data={DATA}",
+        f"train_data={data}",
         f"output_dir={work}",
         "resume_from_checkpoint=latest",
         f"max_train_steps={steps}",

@@ -5,8 +5,9 @@ after each.
 
     python benchmarks/trials/editor_trial.py OUTPUT_DIR 500,1000 T2I_MODEL|scratch [key=value ...]
 
-Results are appended to runs/trials/editor-trials.jsonl. The data and the scratch folder are
-t2i_trial.py's (runs/trials/data-10k, runs/trials/scratch-shipped).
+small=R, vae=DIR and unet.KEY=VALUE set the world and the model as in t2i_trial.py (common.py; the
+data and scratch folders are shared with it); the other key=value override the training config.
+Results are appended to runs/trials/editor-trials.jsonl.
 """
 
 import json
@@ -24,14 +25,14 @@ from instruct_pix2pix.small_world.evaluate import editor_method, evaluate
 PER_KIND = 10
 work, points, start_from = Path(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3]
 extra = sys.argv[4:]
-_, scratch = trial_inputs()
+data, scratch, overrides = trial_inputs(extra)
 if start_from == "scratch":
     start = [f"from_scratch={scratch}", "pretrained_model_name_or_path=none"]
 else:
     start = [f"pretrained_model_name_or_path={start_from}", "from_scratch=none"]
 for steps in points:
     begun = time.time()
-    train_segment("configs/small-world.yaml", start, work, steps, extra)
+    train_segment("configs/small-world.yaml", start, data, work, steps, overrides)
     trained = time.time() - begun
     editor = Editor.for_model(load_model(work / "model"), torch.device("cpu"))
     rows, _ = evaluate({"model": editor_method(editor)}, per_kind=PER_KIND, phrasings=("training",), progress=False)
