@@ -133,6 +133,16 @@ def test_vae_saves_in_diffusers_layout_and_loads_back(vae_run):
     assert metrics["parameters"] == sum(p.numel() for p in vae.parameters())
 
 
+def test_the_vae_never_normalises_a_channel_alone():
+    """Every GroupNorm of the designed VAE spans several channels: with one channel a group (an
+    instance norm) a flat picture loses its colour, and the VAE read back 39% of scenes, not 67%."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**pretrain.vae_config())
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and min(m.num_channels // m.num_groups for m in norms) >= 4
+
+
 def test_psnr():
     images = torch.zeros(2, 3, 4, 4)
     noisy = images.clone()
