@@ -20,14 +20,19 @@ from instruct_pix2pix.training import load_config, train
 TRIALS = Path("runs/trials")
 
 
+def use_small_radius(radius: float) -> None:
+    """Draw (and read) the world's small objects at `radius` of the side in this process."""
+    scenes.RADIUS["small"] = radius
+    _masks.cache_clear()  # the reader's outlines were drawn at the old radius
+
+
 def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     """Data (10,000 training edits) and a from_scratch folder over the VAE and the shipped CLIP, for
     the trial settings among `arguments`; returns them and the arguments left (training overrides)."""
     settings = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if a.startswith(("small=", "vae=", "unet."))}
     rest = [a for a in arguments if a.split("=", 1)[0] not in settings]
     if "small" in settings:
-        scenes.RADIUS["small"] = float(settings["small"])
-        _masks.cache_clear()
+        use_small_radius(float(settings["small"]))
     radius = scenes.RADIUS["small"]
     vae = Path(settings.get("vae", DEFAULT_MODEL / "vae"))
     unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}

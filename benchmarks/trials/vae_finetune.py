@@ -11,16 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from common import use_small_radius
 from diffusers import AutoencoderKL
 
 from instruct_pix2pix.small_world import pretrain, scenes
 from instruct_pix2pix.small_world.edits import sample_edits
 from instruct_pix2pix.small_world.pretrain import to_unit_tensor as to_tensor  # [0, 1]
-from instruct_pix2pix.small_world.reader import _masks, field_errors, read
+from instruct_pix2pix.small_world.reader import field_errors, read
 
 small, steps = float(sys.argv[1]), int(sys.argv[2])
-scenes.RADIUS["small"] = small
-_masks.cache_clear()
+use_small_radius(small)
 torch.manual_seed(0)
 torch.set_num_threads(2)
 vae = AutoencoderKL.from_pretrained("src/instruct_pix2pix/small_world/default_model/vae")

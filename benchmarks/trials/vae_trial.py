@@ -17,29 +17,26 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from common import use_small_radius
 from diffusers import AutoencoderKL
 
 from instruct_pix2pix.small_world import pretrain, scenes
 from instruct_pix2pix.small_world.edits import sample_edits
-from instruct_pix2pix.small_world.reader import _masks, field_errors, read
+from instruct_pix2pix.small_world.reader import field_errors, read
 
+MODEL_KEYS = {  # key: (the AutoencoderKL config entry, how to parse the value)
+    "channels": ("block_out_channels", lambda value: tuple(int(c) for c in value.split(","))),
+    "latent": ("latent_channels", int),
+    "groups": ("norm_num_groups", int),
+    "layers": ("layers_per_block", int),
+}
 given = dict(argument.split("=", 1) for argument in sys.argv[1:])
-unknown = set(given) - {"steps", "small", "loss", "bf16", "lr", "batch", "channels", "latent", "groups", "layers"}
+unknown = set(given) - {"steps", "small", "loss", "bf16", "lr", "batch", *MODEL_KEYS}
 if unknown:
     sys.exit(f"unknown keys {sorted(unknown)}; see the docstring")
 steps = int(given.get("steps", 2400))
-scenes.RADIUS["small"] = float(given.get("small", scenes.RADIUS["small"]))
-_masks.cache_clear()
-model_config = {
-    key: value
-    for key, value in {
-        "block_out_channels": tuple(int(c) for c in given["channels"].split(",")) if "channels" in given else None,
-        "latent_channels": int(given["latent"]) if "latent" in given else None,
-        "norm_num_groups": int(given["groups"]) if "groups" in given else None,
-        "layers_per_block": int(given["layers"]) if "layers" in given else None,
-    }.items()
-    if value is not None
-}
+use_small_radius(float(given.get("small", scenes.RADIUS["small"])))
+model_config = {name: parse(given[key]) for key, (name, parse) in MODEL_KEYS.items() if key in given}
 if "channels" in given and len(model_config["block_out_channels"]) == 2:
     model_config["mid_block_add_attention"] = False
 out = Path("runs/trials/vae-" + "-".join(f"{k}{v}" for k, v in sorted(given.items())))
