@@ -26,6 +26,18 @@ def use_small_radius(radius: float) -> None:
     _masks.cache_clear()  # the reader's outlines were drawn at the old radius
 
 
+def trial_settings(arguments: list[str], keys: set[str]) -> dict[str, str]:
+    """A trial script's KEY=VALUE arguments (one of `keys` each) as a dict, `small=R` applied at once;
+    anything else ends the script with one line."""
+    wrong = [argument for argument in arguments if "=" not in argument or argument.partition("=")[0] not in keys]
+    if wrong:
+        sys.exit(f"not a KEY=VALUE setting of this trial: {', '.join(wrong)} (the keys: the script's docstring)")
+    given = dict(argument.partition("=")[::2] for argument in arguments)
+    if "small" in given:
+        use_small_radius(float(given["small"]))
+    return given
+
+
 def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     """Data (10,000 training edits) and a from_scratch folder over the VAE and the shipped CLIP, for
     the trial settings among `arguments`; returns them and the arguments left (training overrides)."""

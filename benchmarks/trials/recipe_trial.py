@@ -11,13 +11,9 @@ packaged. A stage whose result is already under WORK is skipped, so a trial's re
 import sys
 from pathlib import Path
 
-from common import use_small_radius
+from common import trial_settings
 
 from instruct_pix2pix.small_world.recipe import run_recipe
 
-given = dict(argument.split("=", 1) for argument in sys.argv[2:])
-if set(given) - {"small"}:
-    sys.exit(f"unknown keys {sorted(set(given) - {'small'})}; see the docstring")
-if "small" in given:
-    use_small_radius(float(given["small"]))
+trial_settings(sys.argv[2:], {"small"})
 run_recipe(Path(sys.argv[1]), package_model=False)

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import use_small_radius
+from common import trial_settings
 from diffusers import AutoencoderKL
 
 from instruct_pix2pix.small_world import pretrain, scenes
@@ -30,12 +30,8 @@ MODEL_KEYS = {  # key: (the AutoencoderKL config entry, how to parse the value)
     "groups": ("norm_num_groups", int),
     "layers": ("layers_per_block", int),
 }
-given = dict(argument.split("=", 1) for argument in sys.argv[1:])
-unknown = set(given) - {"steps", "small", "loss", "bf16", "lr", "batch", *MODEL_KEYS}
-if unknown:
-    sys.exit(f"unknown keys {sorted(unknown)}; see the docstring")
+given = trial_settings(sys.argv[1:], {"steps", "small", "loss", "bf16", "lr", "batch", *MODEL_KEYS})
 steps = int(given.get("steps", 2400))
-use_small_radius(float(given.get("small", scenes.RADIUS["small"])))
 model_config = {name: parse(given[key]) for key, (name, parse) in MODEL_KEYS.items() if key in given}
 if "channels" in given and len(model_config["block_out_channels"]) == 2:
     model_config["mid_block_add_attention"] = False
