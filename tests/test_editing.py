@@ -11,6 +11,7 @@ from PIL import Image
 
 from instruct_pix2pix.editing import Editor, NumericalError
 from instruct_pix2pix.errors import EditWarning, UserError
+from instruct_pix2pix.guidance import guided_denoiser
 from instruct_pix2pix.settings import make_scheduler
 
 STEPS = 8
@@ -87,6 +88,42 @@ def test_image_guidance_below_one_is_applied_not_dropped(tiny_model_dir, editor)
     guided = ours(editor, image, "make it snowy", seed=1, **settings)
     assert np.abs(unguided - diffusers_unguided).max() <= 1e-4  # what diffusers does
     assert np.abs(guided - unguided).max() > 1e-2  # what we do instead
+
+
+@pytest.mark.parametrize("image_guidance_scale", [1.0, 1.5])
+def test_guidance_rescale_scales_to_the_conditioned_branch(image_guidance_scale):
+    """phi mixes the guided output with itself scaled to the standard deviation of e(c_T, c_I), per
+    sample (Lin et al. 2023, eq. 15-16); phi = 0 is the paper's formula unchanged."""
+    generator = torch.Generator().manual_seed(0)
+    branches = torch.randn(3, 2, 4, 8, 8, generator=generator) * torch.tensor([3.0, 1.0, 0.5]).view(3, 1, 1, 1, 1)
+    text, image, unconditional = branches
+
+    def unet(model_input, t, encoder_hidden_states, return_dict):
+        return (branches[: model_input.shape[0] // 2].flatten(0, 1),)
+
+    inputs = (unet, torch.zeros(2, 5, 16), torch.zeros(2, 5, 16), torch.zeros(2, 4, 8, 8), 7.5, image_guidance_scale)
+    if image_guidance_scale == 1:
+        guided = image + 7.5 * (text - image)
+    else:
+        guided = unconditional + image_guidance_scale * (image - unconditional) + 7.5 * (text - image)
+    latents = torch.zeros(2, 4, 8, 8)
+    assert torch.allclose(guided_denoiser(*inputs)(latents, 1), guided)
+    assert torch.allclose(guided_denoiser(*inputs, 0.0)(latents, 1), guided)
+    spread = text.std(dim=(1, 2, 3), keepdim=True) / guided.std(dim=(1, 2, 3), keepdim=True)
+    rescaled = guided_denoiser(*inputs, 0.7)(latents, 1)
+    assert torch.allclose(rescaled, 0.7 * guided * spread + 0.3 * guided, atol=1e-5)
+    assert torch.allclose(guided_denoiser(*inputs, 1.0)(latents, 1).std(dim=(1, 2, 3)), text.std(dim=(1, 2, 3)))
+
+
+def test_guidance_rescale_changes_the_edit_and_is_recorded(editor):
+    image = scene(64, 64)
+    plain = editor.edit(image, "make it snowy", seed=3, num_inference_steps=STEPS, show_progress=False)
+    result = editor.edit(image, "make it snowy", seed=3, num_inference_steps=STEPS, guidance_rescale=0.7,
+                         show_progress=False)  # fmt: skip
+    assert np.abs(result.edits[0].pixels - plain.edits[0].pixels).max() > 1e-2
+    assert "--guidance-rescale 0.7" in result.command(result.edits[0])
+    assert "CFG Rescale phi: 0.7" in result.parameters(result.edits[0])
+    assert "CFG Rescale" not in plain.parameters(plain.edits[0])
 
 
 def test_any_variant_reproduces_alone(editor):
@@ -202,6 +239,7 @@ def test_nan_raises_instead_of_saving_black(editor, monkeypatch):
         (dict(scheduler="nope"), "unknown scheduler 'nope'"),
         (dict(num_images=0), "num_images"),
         (dict(guidance_scale=float("nan")), "finite"),
+        (dict(guidance_rescale=1.5), "from 0 to 1"),
     ],
 )
 def test_bad_settings(editor, bad, message):

@@ -130,6 +130,8 @@ def test_stored_command_remakes_the_edit(capsys, tiny_model_dir, photo, tmp_path
             "5",
             "--image-cfg",
             "1.2",
+            "--guidance-rescale",
+            "0.5",
             "--scheduler",
             "euler",
             "--resolution",
@@ -139,6 +141,7 @@ def test_stored_command_remakes_the_edit(capsys, tiny_model_dir, photo, tmp_path
     assert code == 0, capsys.readouterr().err
     stored = read_metadata(output)["ip2p-command"]
     assert "--text-cfg 5.0" in stored and "--scheduler euler" in stored and "--image-cfg 1.2" in stored
+    assert "--guidance-rescale 0.5" in stored
     assert ("--config" in stored) == (source == "single file, custom config")
     assert np.array_equal(remake(capsys, output), np.asarray(Image.open(output)))
 
@@ -151,7 +154,8 @@ def test_cli_options_and_editor_come_from_the_settings():
     args = parser.parse_args(["--steps", "7", "--keep-size"])
     assert EditSettings.given_in(args) == {"num_inference_steps": 7, "keep_size": True}
     assert EditSettings.from_args(parser.parse_args([])) == EditSettings()  # the same defaults
-    settings = EditSettings(num_inference_steps=7, guidance_scale=5.0, scheduler="ddim", negative_prompt="blur")
+    settings = EditSettings(num_inference_steps=7, guidance_scale=5.0, guidance_rescale=0.5, scheduler="ddim",
+                            negative_prompt="blur")  # fmt: skip
     assert EditSettings.from_args(parser.parse_args(settings.command_words())) == settings  # and back again
     with pytest.raises(TypeError, match="unknown edit setting"):
         EditSettings().replace(steps=3)

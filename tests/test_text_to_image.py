@@ -146,6 +146,10 @@ def test_text_to_image_run_resumes_exactly_caches_alike_and_makes_a_model_diffus
     theirs = pipe("scene 3", num_inference_steps=3, generator=[torch.Generator().manual_seed(7)], height=64,
                   width=64).images[0]  # fmt: skip
     assert np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int)).max() <= 1
+    ours = generate(model, ["scene 3"], seeds=[7], num_inference_steps=3, guidance_rescale=0.7)[0]
+    theirs = pipe("scene 3", num_inference_steps=3, generator=[torch.Generator().manual_seed(7)], height=64,
+                  width=64, guidance_rescale=0.7).images[0]  # fmt: skip
+    assert np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int)).max() <= 1
     with pytest.raises(UserError, match="text-to-image"):
         load_model(final, kind="editing")
 

@@ -137,6 +137,7 @@ class EditResult:
             "Sampler": sampler_title(s.scheduler),
             "CFG scale": s.guidance_scale,
             "Image CFG scale": s.image_guidance_scale,
+            **({"CFG Rescale phi": s.guidance_rescale} if s.guidance_rescale else {}),
             "Seed": edit.seed,
             "Size": f"{edit.image.width}x{edit.image.height}",
             "Model": Path(self.model).name or self.model,
@@ -381,6 +382,7 @@ class Editor:
             image_latents,
             settings.guidance_scale,
             settings.image_guidance_scale,
+            settings.guidance_rescale,
         )
         for t in scheduler.timesteps:
             model_output = denoise(scheduler.scale_model_input(latents, t), t)

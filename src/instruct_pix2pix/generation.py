@@ -21,6 +21,7 @@ def generate(
     seeds: list[int],
     num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
+    guidance_rescale: float = 0.0,
     scheduler: str = "euler_ancestral",
     negative_prompt: str | None = None,
     device: str | torch.device = "cpu",
@@ -41,7 +42,8 @@ def generate(
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
             pixels = pipe(
                 captions[chunk], height=size, width=size, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, generator=generators, output_type="np",
+                guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generators,
+                output_type="np",
                 negative_prompt=None if negative_prompt is None else [negative_prompt] * len(generators),
             ).images  # fmt: skip
             if not np.isfinite(pixels).all():

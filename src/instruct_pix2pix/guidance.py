@@ -7,6 +7,11 @@ negative prompt), c_I is the input image's latent and ∅ for the image is an al
 branches run as one batched forward. Branches that cancel are not run at all: with s_I = 1 the
 formula is exactly e(∅,c_I) + s_T (e(c_T,c_I) − e(∅,c_I)) (two branches), and with s_T = s_I = 1
 it is e(c_T,c_I) (one branch).
+
+With a guidance rescale phi > 0 (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
+Steps are Flawed", section 3.4; diffusers' `guidance_rescale`), the guided output is scaled to the
+standard deviation of the fully conditioned one, e(c_T,c_I), and mixed with it by phi: strong
+guidance then stops over-saturating colours. phi = 0 is the paper's formula.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,6 +37,7 @@ def guided_denoiser(
     image_latents: torch.Tensor,
     guidance_scale: float,
     image_guidance_scale: float,
+    guidance_rescale: float = 0.0,
 ) -> Denoiser:
     """Return denoise(scaled_latents, t) -> guided model output (epsilon or v, as the UNet predicts).
 
@@ -49,8 +56,10 @@ def guided_denoiser(
             return out
         if branches == 2:
             text, image = out.chunk(2)
-            return image + guidance_scale * (text - image)
-        text, image, unconditional = out.chunk(3)
-        return unconditional + image_guidance_scale * (image - unconditional) + guidance_scale * (text - image)
+            guided = image + guidance_scale * (text - image)
+        else:
+            text, image, unconditional = out.chunk(3)
+            guided = unconditional + image_guidance_scale * (image - unconditional) + guidance_scale * (text - image)
+        return rescale_noise_cfg(guided, text, guidance_rescale) if guidance_rescale else guided
 
     return denoise

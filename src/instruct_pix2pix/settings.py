@@ -115,6 +115,10 @@ class EditSettings:
     num_inference_steps: int = field(default=100, metadata=option("--steps", "sampling steps", type=positive_int))
     guidance_scale: float = field(default=7.5, metadata=option("--text-cfg", "text guidance scale", type=float))
     image_guidance_scale: float = field(default=1.5, metadata=option("--image-cfg", "image guidance scale", type=float))
+    guidance_rescale: float = field(
+        default=0.0,
+        metadata=option("--guidance-rescale", "0..1: rescale strong guidance against over-saturation", type=float),
+    )
     scheduler: str = field(
         default="euler_ancestral", metadata=option("--scheduler", "sampler", choices=tuple(SCHEDULERS))
     )
@@ -143,6 +147,8 @@ class EditSettings:
             value = getattr(self, item.name)
             if item.type == "float" and (not isinstance(value, (int, float)) or not math.isfinite(value)):
                 raise UserError(f"{item.name} ({item.metadata['flag']}) must be a finite number, not {value!r}")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise UserError(f"guidance_rescale (--guidance-rescale) must be from 0 to 1, not {self.guidance_rescale!r}")
         check_scheduler(self.scheduler)
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < MIN_RESOLUTION):
             raise UserError(f"resolution must be a whole number of at least {MIN_RESOLUTION}, not {self.resolution!r}")

@@ -428,7 +428,8 @@ def evaluate_text_to_image(
         pictures += generate(
             model, captions[start : start + 50], seeds=seeds[start : start + 50], device=device,
             num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-            scheduler=settings.scheduler, negative_prompt=settings.negative_prompt,
+            guidance_rescale=settings.guidance_rescale, scheduler=settings.scheduler,
+            negative_prompt=settings.negative_prompt,
         )  # fmt: skip
     readings = [read_scene(picture) for picture in pictures]
     wrong = [field_errors(reading, scene) for reading, scene in zip(readings, scenes)]
