@@ -5,6 +5,7 @@ loads and samples exactly as our generation does."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,16 @@ def test_world_evaluate_command_on_a_text_to_image_model(text_to_image_model_dir
     assert "read exactly right" in (out / "table.md").read_text()
     command = read_metadata(out / "examples.png")["ip2p-command"]
     assert "--captions 3" in command and str(text_to_image_model_dir) in command
+    assert results["num_inference_steps"] == 2 and results["guidance_rescale"] == 0  # the world's, but the steps
+
+    # a model's own settings (about.json) come before the world's, and the command line before both
+    model = tmp_path / "with-settings"
+    shutil.copytree(text_to_image_model_dir, model)
+    (model / "about.json").write_text(json.dumps({"settings": {"num_inference_steps": 3, "guidance_rescale": 0.5}}))
+    assert main(["world", "evaluate", "--model", str(model), "-o", str(out), "--captions", "2", "--device", "cpu",
+                 "--guidance-rescale", "0.25"]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_inference_steps"] == 3 and results["guidance_rescale"] == 0.25
 
 
 def test_the_recipe_assembles_a_text_to_image_start_and_its_configs_chain(tmp_path):

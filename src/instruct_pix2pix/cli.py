@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="demo.png", help="PNG to write (default: demo.png)")
     add_model_options(demo)
     demo.add_argument("--seed", type=int, default=0, help="which sample scene (default: 0)")
-    EditSettings.add_options(demo, small_world_settings)
+    EditSettings.add_options(demo, fallback=small_world_settings)  # the model's own settings first
     evaluate = actions.add_parser(
         "evaluate",
         help="edit held-out scenes and score every edit kind against ground truth (a text-to-image model: "
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--captions", type=positive_int, default=200, help="a text-to-image model: held-out captions to draw (200)"
     )
-    EditSettings.add_options(evaluate, small_world_settings)
+    EditSettings.add_options(evaluate, fallback=small_world_settings)
     recipe = actions.add_parser(
         "train-default",
         help="retrain the shipped default models from nothing (data, CLIP, VAE, text to image, editor)",
@@ -704,14 +704,18 @@ def run_world(args) -> None:
         quiet_libraries()
         from instruct_pix2pix import Editor
         from instruct_pix2pix.settings import EditSettings
+        from instruct_pix2pix.small_world.evaluate import SETTINGS
 
-        settings = EditSettings.from_args(args)
+        def settings_for(model) -> EditSettings:  # the world's, then the model's own, then the command line's
+            return SETTINGS.replace(**{**(model.about or {}).get("settings", {}), **EditSettings.given_in(args)})
+
         if args.world_command == "evaluate":
             from instruct_pix2pix.editing import pick_device, pick_dtype
             from instruct_pix2pix.loading import ANY, load_model
 
             device = pick_device(args.device)
             model = load_model(args.model, kind=ANY, dtype=pick_dtype(None, device), config=args.config)
+            settings = settings_for(model)
             if model.kind == "text-to-image":  # the world's Stable Diffusion: draw captions, read them back
                 from instruct_pix2pix.small_world.evaluate import run_text_to_image_evaluation
 
@@ -721,6 +725,7 @@ def run_world(args) -> None:
             editor = Editor.for_model(model, device)
         else:
             editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
+            settings = settings_for(editor.model)
         if args.world_command == "demo":
             from instruct_pix2pix.images import save_png
             from instruct_pix2pix.small_world.evaluate import demo_metadata, demo_sheet

@@ -165,18 +165,23 @@ class EditSettings:
 
     @classmethod
     def add_options(
-        cls, parser: argparse.ArgumentParser, defaults: EditSettings | None = None, *, exclude: tuple[str, ...] = ()
+        cls,
+        parser: argparse.ArgumentParser,
+        defaults: EditSettings | None = None,
+        *,
+        exclude: tuple[str, ...] = (),
+        fallback: EditSettings | None = None,
     ) -> None:
         """One option per setting (but those in `exclude`); `--resolution` and `--keep-size` exclude each
         other. With `defaults` None an option not given stays None, so that the model's own settings
-        apply (`given_in`)."""
+        apply (`given_in`), else those of `fallback` (the help shows them; default: these defaults)."""
         sizes = parser.add_mutually_exclusive_group()
         for item in fields(cls):
             if item.name in exclude:
                 continue
             meta = dict(item.metadata)
             flag, text = meta.pop("flag"), meta.pop("help")
-            shown = getattr(defaults or cls(), item.name)
+            shown = getattr(defaults or fallback or cls(), item.name)
             default = None if defaults is None else shown
             if item.type != "bool" and shown is not None:
                 text += f" (default: the model's, else {shown})" if defaults is None else f" (default {shown})"
