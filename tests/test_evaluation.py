@@ -19,7 +19,7 @@ from instruct_pix2pix.evaluation.report import mean_interval
 from instruct_pix2pix.evaluation.sweep import EDITOR, SDEDIT_CAPTION, UNCHANGED, Methods, Point, Scorers, run_sweep
 from instruct_pix2pix.images import read_metadata
 
-FAST = ["--num-samples", "4", "--steps", "2", "--image-guidance", "1.0,1.5", "--no-progress"]
+FAST = ["--num-samples", "4", "--steps", "2", "--image-guidance", "1.0,1.5", "--strength", "0.5", "--no-progress"]
 
 
 def rows_of(folder) -> list[dict]:
@@ -28,7 +28,8 @@ def rows_of(folder) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def world_sweep(tmp_path_factory):
-    """The small world with the shipped model: 4 held-out edits, 2 steps, two image guidance scales."""
+    """The small world with the shipped model: 4 held-out edits, 2 steps, two image guidance scales,
+    and SDEdit (one strength) on the shipped text-to-image model, which it uses by default."""
     from instruct_pix2pix.cli import main
 
     folder = tmp_path_factory.mktemp("sweep") / "out"
@@ -38,7 +39,10 @@ def world_sweep(tmp_path_factory):
 
 def test_world_sweep_writes_table_plot_and_contact_sheet(world_sweep):
     rows = rows_of(world_sweep)
-    assert [(r["method"], r["image_guidance"]) for r in rows] == [(EDITOR, 1.0), (EDITOR, 1.5), (UNCHANGED, None)]
+    assert [(r["method"], r["image_guidance"] or r["strength"]) for r in rows] == [
+        (EDITOR, 1.0), (EDITOR, 1.5), ("sdedit-caption", 0.5), ("sdedit-instruction", 0.5), (UNCHANGED, None)
+    ]  # fmt: skip
+    assert all(r["baseline_model"].endswith("text_to_image") for r in rows)
     for row in rows:
         assert row["count"] == 4 and row["steps"] == 2 and row["seed"] == 0 and row["scheduler"] == "euler_ancestral"
         assert {"clip_image_ci95", "clip_direction_ci95", "target_l1", "success", "read_right"} <= set(row)
@@ -47,7 +51,7 @@ def test_world_sweep_writes_table_plot_and_contact_sheet(world_sweep):
     assert unchanged["success"] == 0 and unchanged["read_right"] == 0  # every edit changes the scene
     with open(world_sweep / "results.csv", newline="") as stream:
         table = list(csv.DictReader(stream))
-    assert len(table) == 3 and float(table[0]["clip_image"]) == pytest.approx(rows[0]["clip_image"])
+    assert len(table) == 5 and float(table[0]["clip_image"]) == pytest.approx(rows[0]["clip_image"])
     assert Image.open(world_sweep / "plot.png").size[0] > 500
     assert (world_sweep / "plot.svg").read_text().lstrip().startswith("<?xml")
     sheet = Image.open(world_sweep / "examples.png")
@@ -148,13 +152,17 @@ def test_a_killed_sweep_goes_on_where_it_stopped(capsys, tmp_path, monkeypatch, 
     monkeypatch.setattr(Methods, "__call__", lambda self, point, *a: made.append(point.name) or call(self, point, *a))
     code, out, _ = run(capsys, "evaluate", "-o", folder, *FAST)
     assert code == 0, out
-    assert sorted(set(made)) == ["instruct-pix2pix_text-7.5_image-1.5", "unchanged"]
+    assert sorted(set(made)) == [
+        "instruct-pix2pix_text-7.5_image-1.5", "sdedit-caption_text-7.5_strength-0.5",
+        "sdedit-instruction_text-7.5_strength-0.5", "unchanged",
+    ]  # fmt: skip
     assert rows_of(folder) == rows_of(world_sweep)
 
 
 def test_other_settings_are_refused_and_overwrite_starts_again(capsys, tmp_path):
     folder = tmp_path / "out"
-    args = ["evaluate", "-o", folder, "--num-samples", "2", "--steps", "1", "--image-guidance", "1.5", "--no-progress"]
+    args = ["evaluate", "-o", folder, "--num-samples", "2", "--steps", "1", "--image-guidance", "1.5",
+            "--strength", "1", "--no-progress"]  # fmt: skip
     assert run(capsys, *args)[0] == 0
     code, _, err = run(capsys, *args, "--seed", "1")
     assert_one_line_error(code, err, "other settings", "seed", "--overwrite")
@@ -171,7 +179,7 @@ def test_a_reference_folder_test_split_with_tiny_models(capsys, tmp_path, tiny_m
     folder = tmp_path / "out"
     code, out, err = run(capsys, "evaluate", "-o", folder, "--data", data, "--split", "test", "--model",
                          tiny_model_dir, "--baseline-model", text_to_image_model_dir, "--clip", tiny_clip_dir,
-                         "--strength", "0.5,0.8", *FAST)  # fmt: skip
+                         *FAST, "--strength", "0.5,0.8")  # fmt: skip
     assert code == 0, err
     rows = rows_of(folder)
     assert [r["method"] for r in rows] == [EDITOR] * 2 + ["sdedit-caption"] * 2 + ["sdedit-instruction"] * 2 + [
@@ -206,6 +214,7 @@ def not_a_clip(folder):
         ("empty dataset", ["no usable examples"]),
         ("not a clip", ["not a CLIP model"]),
         ("split without data", ["--split goes with --data"]),
+        ("SDEdit with no step", ["strength 0.3 with 1 steps", "--steps 4"]),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, case, words):
@@ -219,6 +228,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, case, words)
         "empty dataset": ["--data", empty_parquet(tmp_path / "empty")],
         "not a clip": ["--clip", not_a_clip(tmp_path / "gpt2")],
         "split without data": ["--split", "validation"],
+        "SDEdit with no step": [],  # the default strengths, 0.3 to 0.9, of 1 step
     }[case]
     folder = tmp_path / "out"
     code, _, err = run(capsys, "evaluate", "-o", folder, "--num-samples", "2", "--steps", "1", "--no-progress", *extra)

@@ -704,10 +704,10 @@ def run_world(args) -> None:
         quiet_libraries()
         from instruct_pix2pix import Editor
         from instruct_pix2pix.settings import EditSettings
-        from instruct_pix2pix.small_world.evaluate import SETTINGS
+        from instruct_pix2pix.small_world.evaluate import model_settings
 
         def settings_for(model) -> EditSettings:  # the world's, then the model's own, then the command line's
-            return SETTINGS.replace(**{**(model.about or {}).get("settings", {}), **EditSettings.given_in(args)})
+            return model_settings(model).replace(**EditSettings.given_in(args))
 
         if args.world_command == "evaluate":
             from instruct_pix2pix.editing import pick_device, pick_dtype

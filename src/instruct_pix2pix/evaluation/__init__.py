@@ -10,6 +10,7 @@ are `instruct_pix2pix.metrics`.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +104,12 @@ def run_evaluation(
         examples = dataset_examples(data, split=split, count=num_samples, seed=seed)
     methods = Methods(editor, settings, baseline=baseline, seed=seed, batch_size=batch_size, device=device)
     points = sweep_points(text_guidance, image_guidance, strengths, sdedit=baseline is not None)
+    steps = methods.settings.num_inference_steps
+    idle = [point.strength for point in points if point.strength is not None and int(steps * point.strength) < 1]
+    if idle:  # diffusers' img2img runs int(steps * strength) steps, and fails on none
+        least = math.ceil(1 / min(idle))
+        raise UserError(f"SDEdit at strength {min(idle):g} with {steps} steps runs no denoising step; "
+                        f"give at least --steps {least} or larger strengths (--strength)")  # fmt: skip
 
     record = {
         "model": editor.model.source, "config": config, "data": data or SMALL_WORLD_DATA,

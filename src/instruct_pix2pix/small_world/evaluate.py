@@ -170,11 +170,20 @@ def unchanged(inputs: list[Image.Image], instructions: list[str]) -> list[Image.
     return list(inputs)
 
 
-# The settings the small world's models are measured with: the sampler's defaults, with 20 steps.
+# The settings the small world's models are measured with when they carry none of their own (about.json):
+# the sampler's defaults, with 20 steps.
 SETTINGS = EditSettings(num_inference_steps=20)
 
 
-def editor_method(editor, settings: EditSettings = SETTINGS, *, seed: int = 0, batch_size: int = 64) -> Method:
+def model_settings(model) -> EditSettings:
+    """The settings a world model is measured with: the world's, then the model's own (about.json)."""
+    return SETTINGS.replace(**(getattr(model, "about", None) or {}).get("settings", {}))
+
+
+def editor_method(editor, settings: EditSettings | None = None, *, seed: int = 0, batch_size: int = 64) -> Method:
+    """Edits by `editor` with `settings` (default: the model's own, else the world's)."""
+    settings = settings or model_settings(editor.model)
+
     def edit(inputs: list[Image.Image], instructions: list[str]) -> list[Image.Image]:
         return editor.edit(inputs, instructions, settings, seed=seed, batch_size=batch_size, show_progress=False).images
 
@@ -309,12 +318,13 @@ def example_figure(outputs: dict[str, list[tuple[WorldEdit, Image.Image]]], meth
 
 
 def run_evaluation(
-    editor, output: Path, settings: EditSettings = SETTINGS, *, per_kind: int = 40, seed: int = 0
+    editor, output: Path, settings: EditSettings | None = None, *, per_kind: int = 40, seed: int = 0
 ) -> str:
     """`ip2p world evaluate`: the model, the do-nothing baseline and the VAE's ceiling, on held-out
     scenes with training and held-out wording; writes results.json, table.md and examples.png."""
     from instruct_pix2pix.images import figure_metadata, save_png
 
+    settings = settings or model_settings(editor.model)
     methods = {"model": editor_method(editor, settings, seed=seed), "unchanged input": unchanged,
                "ground truth via VAE": vae_round_trip(editor.model.vae)}  # fmt: skip
     rows, outputs = evaluate(methods, per_kind=per_kind)
@@ -357,13 +367,14 @@ def demo_metadata(editor, settings: EditSettings, seed: int, output) -> dict[str
 DEMO_KINDS = ("recolor", "reshape", "add", "remove", "move", "global")
 
 
-def demo_sheet(editor, settings: EditSettings = SETTINGS, *, seed: int = 0) -> tuple[Image.Image, list[EditScore]]:
+def demo_sheet(editor, settings: EditSettings | None = None, *, seed: int = 0) -> tuple[Image.Image, list[EditScore]]:
     """`make demo`: one held-out scene, several single edits and one compound edit (two
     instructions in a row), each shown as input | the model's edit | ground truth, and scored."""
     from instruct_pix2pix.images import image_grid
     from instruct_pix2pix.small_world.edits import edit_rng
     from instruct_pix2pix.small_world.scenes import sample_scene
 
+    settings = settings or model_settings(editor.model)
     rng = edit_rng("demo", seed)
     scene = sample_scene(rng, max_things=3, night_probability=0)
     while len(scene.things) < 3:
@@ -410,7 +421,7 @@ def held_out_scenes(count: int) -> list[Scene]:
 
 
 def evaluate_text_to_image(
-    model, settings: EditSettings = SETTINGS, *, count: int = 200, seed: int = 0, device="cpu", progress: bool = True
+    model, settings: EditSettings | None = None, *, count: int = 200, seed: int = 0, device="cpu", progress: bool = True
 ) -> tuple[dict, list[tuple[Scene, Image.Image, Scene]]]:
     """Draw each of `count` held-out scenes from its caption (picture i from seed + i) and read the
     picture back: the share read as exactly the captioned scene, and per field (T2I_FIELDS) the
@@ -419,6 +430,7 @@ def evaluate_text_to_image(
 
     from instruct_pix2pix.generation import generate
 
+    settings = settings or model_settings(model)
     if settings.resolution is not None or settings.keep_size:
         raise UserError("a text-to-image model draws at its own size: leave out --resolution and --keep-size")
     scenes = held_out_scenes(count)
@@ -439,12 +451,13 @@ def evaluate_text_to_image(
 
 
 def run_text_to_image_evaluation(
-    model, output: Path, settings: EditSettings = SETTINGS, *, count: int = 200, seed: int = 0, device="cpu"
+    model, output: Path, settings: EditSettings | None = None, *, count: int = 200, seed: int = 0, device="cpu"
 ) -> str:
     """`ip2p world evaluate` on a text-to-image model: results.json, table.md and examples.png (caption,
     the model's picture, its reading drawn exactly, the captioned scene)."""
     from instruct_pix2pix.images import figure_metadata, image_grid, save_png
 
+    settings = settings or model_settings(model)
     results, triples = evaluate_text_to_image(model, settings, count=count, seed=seed, device=device)
     record = {"model": model.source, "seed": seed, "split": EVALUATION_SPLIT, **asdict(settings)}
     head = "| captions | read exactly right | " + " | ".join(T2I_FIELDS) + " |"

@@ -57,7 +57,7 @@ CELL_PHRASES = {
     (1, 0): "on the left", (1, 1): "in the center", (1, 2): "on the right",
     (2, 0): "at the bottom left", (2, 1): "at the bottom", (2, 2): "at the bottom right",
 }  # fmt: skip
-RADIUS = {"small": 0.085, "large": 0.15}  # of the image side; a cell is 1/3 of it
+RADIUS = {"small": 0.11, "large": 0.15}  # of the image side; a cell is 1/3 of it (small was 0.085: README)
 NIGHT = (0.5, (5, 10, 40))  # night multiplies the colours and adds a blue tint
 DEFAULT_SIZE = 64
 SUPERSAMPLE = 4  # draw 4x larger, then downsample: antialiased edges, exactly reproducible
