@@ -35,9 +35,10 @@ def curves(names: list[str]) -> dict[str, list[tuple[int, float, float]]]:
     for row in rows:
         if names and row["run"] not in names:
             continue
-        offset = 0.0 if row["start"] == "scratch" else max(step_hours(Path(row["start"]).parent).values())
+        from_scratch = row["start"].partition("=")[0] == "scratch"
+        offset = 0.0 if from_scratch else max(step_hours(Path(row["start"]).parent).values())
         hours = step_hours(Path(row["run"]))[row["steps"]] + offset
-        label = f"{Path(row['run']).name} (from {'scratch' if row['start'] == 'scratch' else 'text to image'})"
+        label = f"{Path(row['run']).name} (from {'scratch' if from_scratch else 'text to image'})"
         found.setdefault(label, []).append((row["steps"], hours, row["success"]["all"]))
     return {label: sorted(points) for label, points in found.items()}
 

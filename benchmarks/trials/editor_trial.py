@@ -3,7 +3,10 @@ paper's way: conv_in widened 4 -> 8) or trained from scratch. Constant learning 
 each segment continues the last exactly; evaluated (held-out scenes, training wording, 20 steps)
 after each.
 
-    python benchmarks/trials/editor_trial.py OUTPUT_DIR 500,1000 T2I_MODEL|scratch [key=value ...]
+    python benchmarks/trials/editor_trial.py OUTPUT_DIR 500,1000 T2I_MODEL|scratch|scratch=DIR [key=value ...]
+
+scratch=DIR starts from a from_scratch folder of its own (the recipe's runs/default/scratch, so that
+the comparison arm has the same VAE and text encoder as the text-to-image model started from).
 
 small=R, vae=DIR and unet.KEY=VALUE set the world and the model as in t2i_trial.py (common.py; the
 data and scratch folders are shared with it); the other key=value override the training config.
@@ -26,7 +29,8 @@ PER_KIND = 10
 work, points, start_from = Path(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3]
 extra = sys.argv[4:]
 data, scratch, overrides = trial_inputs(extra)
-if start_from == "scratch":
+if start_from.partition("=")[0] == "scratch":
+    scratch = Path(start_from.partition("=")[2] or scratch)
     start = [f"from_scratch={scratch}", "pretrained_model_name_or_path=none"]
 else:
     start = [f"pretrained_model_name_or_path={start_from}", "from_scratch=none"]
