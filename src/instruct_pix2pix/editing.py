@@ -206,7 +206,7 @@ class Editor:
         self.dtype = model.unet.dtype
         self.prompt_check = prompt_check
         # A model may carry the settings it is meant to be sampled with (about.json "settings").
-        self.default_settings = EditSettings().replace(**(model.about or {}).get("settings", {}))
+        self.default_settings = EditSettings().for_model(model)
 
     @classmethod
     def from_pretrained(

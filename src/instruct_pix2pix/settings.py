@@ -153,6 +153,10 @@ class EditSettings:
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < MIN_RESOLUTION):
             raise UserError(f"resolution must be a whole number of at least {MIN_RESOLUTION}, not {self.resolution!r}")
 
+    def for_model(self, model) -> EditSettings:
+        """These settings overridden by those a model carries (its about.json "settings"), if any."""
+        return self.replace(**(getattr(model, "about", None) or {}).get("settings", {}))
+
     def replace(self, **changes) -> EditSettings:
         """A copy with some settings changed; an unknown name is an error that lists the known ones."""
         unknown = set(changes) - {item.name for item in fields(self)}

@@ -177,7 +177,7 @@ SETTINGS = EditSettings(num_inference_steps=20)
 
 def model_settings(model) -> EditSettings:
     """The settings a world model is measured with: the world's, then the model's own (about.json)."""
-    return SETTINGS.replace(**(getattr(model, "about", None) or {}).get("settings", {}))
+    return SETTINGS.for_model(model)
 
 
 def editor_method(editor, settings: EditSettings | None = None, *, seed: int = 0, batch_size: int = 64) -> Method:
