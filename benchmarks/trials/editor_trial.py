@@ -1,7 +1,8 @@
 """Trial: the world's editor, success against steps, fine-tuned from a text-to-image model (the
 paper's way: conv_in widened 4 -> 8) or trained from scratch. Constant learning rate after warmup, so
 each segment continues the last exactly; evaluated (held-out scenes, training wording, 20 steps)
-after each.
+after each, at the world's guidance (text 7.5, image 1.5: `success`) and at the shipped model's
+(text 1.5, image 1.5: `success_text_1.5`).
 
     python benchmarks/trials/editor_trial.py OUTPUT_DIR 500,1000 T2I_MODEL|scratch|scratch=DIR [key=value ...]
 
@@ -23,7 +24,7 @@ from common import train_segment, trial_inputs
 
 from instruct_pix2pix import Editor
 from instruct_pix2pix.loading import load_model
-from instruct_pix2pix.small_world.evaluate import editor_method, evaluate
+from instruct_pix2pix.small_world.evaluate import SETTINGS, editor_method, evaluate
 
 PER_KIND = 10
 work, points, start_from = Path(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3]
@@ -39,15 +40,18 @@ for steps in points:
     train_segment("configs/small-world.yaml", start, data, work, steps, overrides)
     trained = time.time() - begun
     editor = Editor.for_model(load_model(work / "model"), torch.device("cpu"))
-    rows, _ = evaluate({"model": editor_method(editor)}, per_kind=PER_KIND, phrasings=("training",), progress=False)
+    methods = {text: editor_method(editor, SETTINGS.replace(guidance_scale=float(text))) for text in ("7.5", "1.5")}
+    rows, _ = evaluate(methods, per_kind=PER_KIND, phrasings=("training",), progress=False)
+    at = {text: [r for r in rows if r.method == text] for text in methods}
     row = {
         "run": str(work),
         "start": start_from,
         "extra": extra,
         "steps": steps,
         "train_seconds_segment": round(trained),
-        "success": {r.kind: round(r.success, 3) for r in rows},
-        "read_right": {r.kind: round(r.read_right, 3) for r in rows},
+        "success": {r.kind: round(r.success, 3) for r in at["7.5"]},
+        "read_right": {r.kind: round(r.read_right, 3) for r in at["7.5"]},
+        "success_text_1.5": {r.kind: round(r.success, 3) for r in at["1.5"]},
     }
     print(json.dumps(row), flush=True)
     with open("runs/trials/editor-trials.jsonl", "a") as f:
