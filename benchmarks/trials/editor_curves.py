@@ -5,9 +5,9 @@ one row of panels per text guidance (1.5, the shipped model's, and 7.5, the worl
 
     python benchmarks/trials/editor_curves.py OUTPUT.png [RUN ...]   (default: every run in the file)
 
-Training time is steps times the run's median step time (metrics.jsonl: batch / samples_per_s), so
-pauses, evaluations and steps slowed by other work on the machine do not count; a fine-tuned run's
-start model adds its own run's time.
+Training time is steps times the run's step time on a quiet machine, the 10th percentile of its
+step times (metrics.jsonl: batch / samples_per_s), so pauses, evaluations and steps slowed by other
+work on the machine do not count; a fine-tuned run's start model adds its own run's time.
 """
 
 import json
@@ -21,11 +21,11 @@ TRIALS = Path("runs/trials/editor-trials.jsonl")
 
 
 def hours(run: Path, steps: int | None = None) -> float:
-    """Hours of `steps` training steps (default: all the run's) at the median step time of the run in
-    `run` (its metrics.jsonl and config.json)."""
+    """Hours of `steps` training steps (default: all the run's) at the quiet-machine step time of the
+    run in `run` (its metrics.jsonl and config.json)."""
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    step = statistics.median(config["train_batch_size"] / row["samples_per_s"] for row in rows)
+    step = statistics.quantiles([config["train_batch_size"] / row["samples_per_s"] for row in rows], n=10)[0]
     return (steps or config["max_train_steps"]) * step / 3600
 
 
