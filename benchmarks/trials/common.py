@@ -2,8 +2,9 @@
 
 Both trial scripts take, before the training overrides, the world and model settings of a trial:
 `small=R` (the small objects' radius as a share of the side, in the data and the evaluation alike),
-`vae=FOLDER` (a trained VAE, default the shipped one) and `unet.KEY=VALUE` (the UNet's config, as
-`unet.norm_num_groups=8`). Each combination gets its own data and scratch folders, made once.
+`edits=N` (distinct training edits, default 10,000), `vae=FOLDER` (a trained VAE, default the
+shipped one) and `unet.KEY=VALUE` (the UNet's config, as `unet.norm_num_groups=8`). Each
+combination gets its own data and scratch folders, made once.
 """
 
 import json
@@ -39,21 +40,24 @@ def trial_settings(arguments: list[str], keys: set[str]) -> dict[str, str]:
 
 
 def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
-    """Data (10,000 training edits) and a from_scratch folder over the VAE and the shipped CLIP, for
-    the trial settings among `arguments`; returns them and the arguments left (training overrides)."""
-    settings = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if a.startswith(("small=", "vae=", "unet."))}
+    """Data (`edits=N` training edits, 10,000 by default) and a from_scratch folder over the VAE and the
+    shipped CLIP, for the trial settings among `arguments`; returns them and the arguments left
+    (training overrides)."""
+    trial_keys = ("small=", "edits=", "vae=", "unet.")
+    settings = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if a.startswith(trial_keys)}
     rest = [a for a in arguments if a.split("=", 1)[0] not in settings]
     if "small" in settings:
         use_small_radius(float(settings["small"]))
     radius = scenes.RADIUS["small"]
     vae = Path(settings.get("vae", DEFAULT_MODEL / "vae"))
     unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}
-    data = TRIALS / ("data-10k" if radius == 0.085 else f"data-10k-r{radius}")  # data-10k: the first trials'
+    edits = int(settings.get("edits", 10_000))
+    data = TRIALS / (f"data-{edits // 1000}k" + ("" if radius == 0.085 else f"-r{radius}"))  # no -r: the first trials'
     name = "shipped" if "vae" not in settings else vae.parent.name if vae.name == "model" else vae.name
     scratch = TRIALS / ("scratch-" + name + "".join(f"-{k}{v}" for k, v in unet.items()))
     TRIALS.mkdir(parents=True, exist_ok=True)
     if not (data / "train-triples.jsonl").exists():
-        write_dataset(data, 10_000)
+        write_dataset(data, edits)
     if not scratch.exists():
         assemble_scratch(DEFAULT_CLIP, vae, scratch)
         config_file = scratch / "unet" / "config.json"

@@ -9,9 +9,9 @@ after each, at the world's guidance (text 7.5, image 1.5: `success`) and at the 
 scratch=DIR starts from a from_scratch folder of its own (the recipe's runs/default/scratch, so that
 the comparison arm has the same VAE and text encoder as the text-to-image model started from).
 
-small=R, vae=DIR and unet.KEY=VALUE set the world and the model as in t2i_trial.py (common.py; the
-data and scratch folders are shared with it); the other key=value override the training config.
-Results are appended to runs/trials/editor-trials.jsonl.
+small=R, edits=N, vae=DIR and unet.KEY=VALUE set the world, its data and the model as in
+t2i_trial.py (common.py; the data and scratch folders are shared with it); the other key=value
+override the training config. Results are appended to runs/trials/editor-trials.jsonl.
 """
 
 import json

@@ -1,9 +1,9 @@
 """Trial: the world's text-to-image model, success (reader-exact at guidance 7.5) against steps.
 Constant learning rate after warmup, so each segment continues the last exactly; evaluated after each.
 
-    python benchmarks/trials/t2i_trial.py OUTPUT_DIR 300,800,1500 [small=R] [vae=DIR] [unet.KEY=VALUE] [key=value ...]
+    python benchmarks/trials/t2i_trial.py OUT 300,800,1500 [small=R] [edits=N] [vae=DIR] [unet.KEY=VALUE] [key=value...]
 
-small, vae and unet.KEY set the world and the model (common.py); the other key=value override the
+small, edits, vae and unet.KEY set the world and the model (common.py); the other key=value override the
 training config.
 
 Results are appended to runs/trials/t2i-trials.jsonl.
