@@ -17,7 +17,7 @@ from instruct_pix2pix.settings import SCHEDULERS
 from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, model_settings, unchanged
 
 KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
-LEARNED = ("remove", "global", "background", "move")  # its best kinds (README: 85%, 80%, 75%, 62% of 40 each)
+LEARNED = ("remove", "global", "background", "move")  # its best kinds (README: 92%, 80%, 80%, 62% of 40 each)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,14 @@ def test_the_default_model_is_shipped_small(editor):
 
 def test_default_model_edits_held_out_scenes_right(editor):
     """Its four best kinds on 8 held-out scenes each (training wording, its own settings) succeed at
-    least 20 times in 32 (measured: 26; an editor that ignores the input image: 0), and over every
-    kind the edits keep what they should (L1 on kept pixels 0.008; the image-blind editor 0.15 and more)."""
+    least 22 times in 32 (measured: 29; 78% of 40 a kind in the README; an editor that ignores the input
+    image: 0), and over every kind the edits keep what they should (L1 on kept pixels 0.007; the
+    image-blind editor 0.15 and more)."""
     rows, _ = evaluate(
         {"model": editor_method(editor)}, per_kind=8, kinds=LEARNED, progress=False, phrasings=["training"]
     )
     right = next(r for r in rows if r.kind == "all")
-    assert right.success * right.count >= 20, f"{right.success * right.count:.0f} of 32 edits succeeded"
+    assert right.success * right.count >= 22, f"{right.success * right.count:.0f} of 32 edits succeeded"
 
     rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False,
                        phrasings=["training"])  # fmt: skip

@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--edits", type=positive_int, default=None, help="training edits to generate (default: the recipe's)"
     )
     recipe.add_argument(
-        "--steps", type=positive_int, default=None, help="the editor's training steps (default: the config's)"
+        "--steps", type=positive_int, default=None, help="the editor's constant-rate steps (default: the config's)"
     )
     recipe.add_argument(
         "--text-to-image-steps", type=positive_int, default=None, help="the text-to-image model's (default: its own)"

@@ -11,7 +11,8 @@
 5. t2i       `ip2p train configs/small-world-t2i.yaml`: the world's Stable Diffusion, from captions
 6. unet      `ip2p train configs/small-world.yaml`: the editor, fine-tuned from the text-to-image
              model as in the paper (conv_in widened 4 -> 8, the new channels zero), with the paper's
-             objective and conditioning dropout
+             objective and conditioning dropout, at a constant learning rate
+   cooldown  the same config from the editor's model, the rate falling linearly to 0 (`COOLDOWN`)
 7. package   both models in float16 where that loses nothing measurable, and the language model,
              into the package
 8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
@@ -38,6 +39,10 @@ MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the def
 CONFIGS = PACKAGE.parents[2] / "configs"  # the training configs (small-world-t2i.yaml, small-world.yaml)
 TEXT_TOKENS = 77  # the tokenizer's length, CLIP's: the longest caption is 68 tokens, an instruction 13
 TRAINING_EDITS = 10_000
+# The editor's cool-down: after the constant-rate stage, a second stage from its model with the rate
+# falling linearly to 0 (fresh optimizer and EMA); measured: 50% -> 56% of held-out edits right.
+COOLDOWN = ["lr_scheduler=linear", "lr_warmup_steps=100"]
+COOLDOWN_STEPS = 1500
 CLIP_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -220,7 +225,10 @@ def run_recipe(
     else:
         text_to_image = train_stage("small-world-t2i.yaml", "t2i", [f"from_scratch={scratch}"], text_to_image_steps)
         start = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none"]
-    trained = train_stage("small-world.yaml", "unet-scratch" if from_scratch else "unet", start, steps)
+    name = "unet-scratch" if from_scratch else "unet"
+    constant = train_stage("small-world.yaml", name, start, steps)
+    cooled = [f"pretrained_model_name_or_path={constant}", "from_scratch=none", *COOLDOWN]
+    trained = train_stage("small-world.yaml", f"{name}-cooldown", cooled, COOLDOWN_STEPS)
     if package_model and from_scratch:
         print("[package] skipped: the editor trained from scratch is the comparison arm, not the shipped model")
     elif package_model:
