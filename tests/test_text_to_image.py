@@ -344,3 +344,41 @@ def test_a_trained_text_encoder_resumes_exactly_caches_alike_and_its_ema_is_save
     frozen = load_model(train(load_config(None, t2i_settings(text_to_image_model_dir, captioned, tmp_path / "frozen"))),
                         kind="text-to-image").text_encoder.state_dict()  # fmt: skip
     assert all(torch.equal(start[k], v) for k, v in frozen.items())
+
+
+def test_the_recipe_chains_text_to_image_editor_and_cool_down_and_skips_done_stages(tmp_path, monkeypatch):
+    """run_recipe with the slow pretraining stages already done: the text-to-image UNet, the editor
+    from its model and the cool-down from the editor's (the rate falling linearly), each skipped once
+    its model is there; the from-scratch arm starts from the assembled folder and is never packaged."""
+    from instruct_pix2pix.loading import DEFAULT_MODEL
+    from instruct_pix2pix.small_world import recipe
+    from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, run_recipe
+
+    work = tmp_path / "work"
+    (work / "language").mkdir(parents=True)
+    (work / "language" / "report.json").write_text("{}")
+    shutil.copytree(DEFAULT_CLIP, work / "clip" / "model")
+    shutil.copytree(DEFAULT_MODEL / "vae", work / "vae" / "model")
+    monkeypatch.setattr(recipe, "COOLDOWN_STEPS", 1)
+    monkeypatch.setattr(recipe, "package", lambda *a, **k: pytest.fail("package_model=False must not package"))
+
+    trained = run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False)
+    assert trained == work / "unet-cooldown" / "model" and (trained / "model_index.json").is_file()
+    stages = ("t2i", "unet", "unet-cooldown")
+    settings = {name: json.loads((work / name / "config.json").read_text()) for name in stages}
+    assert settings["t2i"]["task"] == "text-to-image" and settings["t2i"]["from_scratch"] == str(work / "scratch")
+    assert settings["unet"]["pretrained_model_name_or_path"] == str(work / "t2i" / "model")
+    assert settings["unet"]["lr_scheduler"] == "constant_with_warmup" and settings["unet"]["max_train_steps"] == 2
+    cool = settings["unet-cooldown"]
+    assert cool["pretrained_model_name_or_path"] == str(work / "unet" / "model") and cool["from_scratch"] is None
+    assert (cool["lr_scheduler"], cool["max_train_steps"]) == ("linear", 1)
+
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
+    assert run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False) == trained
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == before  # every stage skipped
+
+    monkeypatch.setattr(recipe, "package_language_model", lambda *a: pytest.fail("the comparison arm is not shipped"))
+    scratch = run_recipe(work, steps=1, from_scratch=True)
+    assert scratch == work / "unet-scratch-cooldown" / "model"
+    arm = json.loads((work / "unet-scratch" / "config.json").read_text())
+    assert arm["from_scratch"] == str(work / "scratch") and arm["pretrained_model_name_or_path"] is None
