@@ -38,7 +38,7 @@ PACKAGE = Path(__file__).resolve().parent
 MODEL_CONFIG = PACKAGE / "model_config"  # UNet and scheduler configs of the default models
 CONFIGS = PACKAGE.parents[2] / "configs"  # the training configs (small-world-t2i.yaml, small-world.yaml)
 TEXT_TOKENS = 77  # the tokenizer's length, CLIP's: the longest caption is 68 tokens, an instruction 13
-TRAINING_EDITS = 10_000
+TRAINING_EDITS = 10_000  # 100,000 did no better at equal steps: the editor is short of training, not data (README)
 # The editor's cool-down: after the constant-rate stage, a second stage from its model with the rate
 # falling linearly to 0 after the config's warmup (fresh optimizer and EMA); measured: 56% of held-out
 # edits right, against 50% for the 7500-step constant-rate model (README).
