@@ -43,11 +43,9 @@ def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     """Data (`edits=N` training edits, 10,000 by default) and a from_scratch folder over the VAE and the
     shipped CLIP, for the trial settings among `arguments`; returns them and the arguments left
     (training overrides)."""
-    trial_keys = ("small=", "edits=", "vae=", "unet.")
-    settings = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if a.startswith(trial_keys)}
-    rest = [a for a in arguments if a.split("=", 1)[0] not in settings]
-    if "small" in settings:
-        use_small_radius(float(settings["small"]))
+    mine = [a for a in arguments if a.startswith(("small=", "edits=", "vae=", "unet."))]
+    settings = trial_settings(mine, {a.partition("=")[0] for a in mine})
+    rest = [a for a in arguments if a not in mine]
     radius = scenes.RADIUS["small"]
     vae = Path(settings.get("vae", DEFAULT_MODEL / "vae"))
     unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}
