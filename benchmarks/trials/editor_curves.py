@@ -7,7 +7,8 @@ one row of panels per text guidance (1.5, the shipped model's, and 7.5, the worl
 
 Training time is steps times the run's step time on a quiet machine, the 10th percentile of its
 step times (metrics.jsonl: batch / samples_per_s), so pauses, evaluations and steps slowed by other
-work on the machine do not count; a fine-tuned run's start model adds its own run's time.
+work on the machine do not count; a fine-tuned run's start model adds its own run's time (a cool-down's
+start, an editor trial, its steps up to its last evaluated segment and that run's own start).
 """
 
 import json
@@ -29,19 +30,35 @@ def hours(run: Path, steps: int | None = None) -> float:
     return (steps or config["max_train_steps"]) * step / 3600
 
 
+def start_of(row: dict, rows: list[dict]) -> tuple[int, float]:
+    """(editor steps, training hours) already in the model a trial row started from: nothing for a
+    run from scratch; for a trial run's model (a cool-down), its last evaluated segment and its own
+    start; for any other model (the text-to-image model), its run's configured steps, all hours."""
+    if row["start"].partition("=")[0] == "scratch":
+        return 0, 0.0
+    run = Path(row["start"]).parent
+    segments = [r for r in rows if r["run"] == str(run)]
+    if not segments:
+        return 0, hours(run)
+    last = max(segments, key=lambda r: r["steps"])
+    steps, spent = start_of(last, rows)
+    return steps + last["steps"], spent + hours(run, last["steps"])
+
+
 def curves(names: list[str], key: str) -> dict[str, list[tuple[int, float, float]]]:
-    """run -> [(steps, hours including the start model's, success over every kind)], by steps;
-    `key` names the success measured ("success": text guidance 7.5, "success_text_1.5": 1.5)."""
+    """run -> [(editor steps, hours including the start model's, success over every kind)], by steps;
+    `key` names the success measured ("success": text guidance 7.5, "success_text_1.5": 1.5). A run
+    that continues another editor (a cool-down) counts from where that one stopped."""
     rows = [json.loads(line) for line in TRIALS.read_text().splitlines()]
     found: dict[str, list[tuple[int, float, float]]] = {}
     for row in rows:
         if (names and row["run"] not in names) or key not in row:
             continue
-        from_scratch = row["start"].partition("=")[0] == "scratch"
-        offset = 0.0 if from_scratch else hours(Path(row["start"]).parent)
-        spent = hours(Path(row["run"]), row["steps"]) + offset
-        label = f"{Path(row['run']).name} (from {'scratch' if from_scratch else 'text to image'})"
-        found.setdefault(label, []).append((row["steps"], spent, row[key]["all"]))
+        steps, spent = start_of(row, rows)
+        origin = Path(row["start"]).parent.name if steps else "scratch" if spent == 0 else "text to image"
+        label = f"{Path(row['run']).name} (from {origin})"
+        found.setdefault(label, []).append((steps + row["steps"], spent + hours(Path(row["run"]), row["steps"]),
+                                            row[key]["all"]))  # fmt: skip
     return {label: sorted(points) for label, points in found.items()}
 
 
