@@ -1,8 +1,8 @@
 """The shipped default models: the editor loads with no source, it is small, and on held-out scenes
-its edits succeed where it has learned to (removals, global and background changes, moves; the
-README's small-world results show every kind), keep what they should, and come nearer the exact
-ground truth than the unchanged input; the text-to-image model it was fine-tuned from is a folder
-diffusers samples alike, and draws held-out captions that read back right.
+its edits of every kind succeed at a rate a little below the README's measured one, keep what they
+should, and come nearer the exact ground truth than the unchanged input; the text-to-image model it
+was fine-tuned from is a folder diffusers samples alike, and draws held-out captions that read back
+right.
 
 A broken checkpoint, a broken engine or a broken loader cannot pass: the comparison is against the
 rendered ground truth of scenes whose seeds training never used.
@@ -17,7 +17,6 @@ from instruct_pix2pix.settings import SCHEDULERS
 from instruct_pix2pix.small_world.evaluate import editor_method, evaluate, model_settings, unchanged
 
 KINDS = ("background", "global")  # where the unchanged input is far from the ground truth
-LEARNED = ("remove", "global", "background", "move")  # its best kinds (README: 92%, 80%, 80%, 62% of 40 each)
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +31,15 @@ def test_the_default_model_is_shipped_small(editor):
 
 
 def test_default_model_edits_held_out_scenes_right(editor):
-    """Its four best kinds on 8 held-out scenes each (training wording, its own settings) succeed at
-    least 22 times in 32 (measured: 29; 78% of 40 a kind in the README; an editor that ignores the input
-    image: 0), and over every kind the edits keep what they should (L1 on kept pixels 0.007; the
-    image-blind editor 0.15 and more)."""
-    rows, _ = evaluate(
-        {"model": editor_method(editor)}, per_kind=8, kinds=LEARNED, progress=False, phrasings=["training"]
-    )
-    right = next(r for r in rows if r.kind == "all")
-    assert right.success * right.count >= 22, f"{right.success * right.count:.0f} of 32 edits succeeded"
-
+    """On 4 held-out scenes of every kind (training wording, its own settings) its edits succeed at
+    least 27 times in 36 (measured: 32; 83% of 40 a kind in the README; the editor shipped before it,
+    56%; an editor that ignores the input image: 0), keep what they should (L1 on kept pixels 0.005;
+    the image-blind editor 0.15 and more) and come nearer the ground truth than the unchanged input."""
     rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False,
                        phrasings=["training"])  # fmt: skip
     by = {(r.method, r.kind): r for r in rows}
     overall = by["model", "all"]
+    assert overall.success * overall.count >= 27, f"{overall.success * overall.count:.0f} of 36 edits succeeded"
     message = f"L1 to the ground truth {overall.l1:.3f}, on kept pixels {overall.l1_outside:.3f}"
     assert overall.l1 < 0.02 and overall.l1_outside < 0.015, message
     for kind in KINDS:
