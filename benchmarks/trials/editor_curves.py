@@ -11,6 +11,7 @@ work on the machine do not count; a fine-tuned run's start model adds its own ru
 start, an editor trial, its steps up to its last evaluated segment and that run's own start).
 """
 
+import functools
 import json
 import statistics
 import sys
@@ -21,13 +22,20 @@ from matplotlib.figure import Figure
 TRIALS = Path("runs/trials/editor-trials.jsonl")
 
 
-def hours(run: Path, steps: int | None = None) -> float:
-    """Hours of `steps` training steps (default: all the run's) at the quiet-machine step time of the
-    run in `run` (its metrics.jsonl and config.json)."""
+@functools.cache
+def step_time(run: Path) -> tuple[float, int]:
+    """(seconds a step on a quiet machine, configured steps) of the run in `run` (its metrics.jsonl
+    and config.json); read once a run, however many trial rows start from it."""
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = statistics.quantiles([config["train_batch_size"] / row["samples_per_s"] for row in rows], n=10)[0]
-    return (steps or config["max_train_steps"]) * step / 3600
+    return step, config["max_train_steps"]
+
+
+def hours(run: Path, steps: int | None = None) -> float:
+    """Hours of `steps` training steps (default: all the run's) at the run's quiet-machine step time."""
+    step, configured = step_time(run)
+    return (steps or configured) * step / 3600
 
 
 def start_of(row: dict, rows: list[dict]) -> tuple[int, float]:
