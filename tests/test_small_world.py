@@ -117,6 +117,20 @@ def test_held_out_phrasings_never_appear_in_training_edits():
     assert all(e.held_out for e in sample_edits("test", 9, held_out=True))
 
 
+def test_filler_words_are_made_up_and_leave_the_edits_alone():
+    plain, filled = list(sample_edits("train", 400)), list(sample_edits("train", 400, filler=0.5))
+    assert [e.after for e in plain] == [e.after for e in filled]
+    changed = [(p.instruction.split(), f.instruction.split()) for p, f in zip(plain, filled) if p != f]
+    assert 150 < len(changed) < 250  # about half
+    world = set(vocabulary())
+    for words, with_made_up in changed:
+        made_up = list(with_made_up)
+        for word in words:  # the instruction's words stay, in order, with one or two new ones among them
+            made_up.remove(word)
+        assert 1 <= len(made_up) <= 2 and not world & set(made_up)
+    assert [e.instruction for e in sample_edits("train", 400, filler=0.5)] == [e.instruction for e in filled]
+
+
 def test_every_world_word_is_one_token():
     words = vocabulary()
     assert {"red", "circle", "night", "background", "recolor"} <= set(words)
@@ -273,6 +287,12 @@ def test_the_cli_world_commands(tmp_path, capsys):
     assert len(list((tmp_path / "d").glob("*.parquet"))) == 1
     assert main(["world", "generate", "-o", str(tmp_path / "d"), "--count", "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+    assert main(["world", "generate", "-o", str(tmp_path / "f"), "--count", "9", "--filler", "1"]) == 0
+    triples = [json.loads(line) for line in (tmp_path / "f" / "train-triples.jsonl").read_text().splitlines()]
+    assert [t["edit"] for t in triples] == [e.instruction for e in sample_edits("train", 9, filler=1)]
+    assert not {t["edit"] for t in triples} & {e.instruction for e in sample_edits("train", 9)}
+    assert main(["world", "generate", "-o", str(tmp_path / "g"), "--count", "3", "--filler", "1.5"]) != 0
+    assert "from 0 to 1, not 1.5" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
 def test_demo_and_evaluation_figures_carry_their_settings(tmp_path):

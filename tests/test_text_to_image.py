@@ -346,10 +346,11 @@ def test_a_trained_text_encoder_resumes_exactly_caches_alike_and_its_ema_is_save
     assert all(torch.equal(start[k], v) for k, v in frozen.items())
 
 
-def test_the_recipe_chains_text_to_image_editor_and_cool_down_and_skips_done_stages(tmp_path, monkeypatch):
+def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_and_skips_done_stages(tmp_path, monkeypatch):
     """run_recipe with the slow pretraining stages already done: the text-to-image UNet, the editor
-    from its model and the cool-down from the editor's (the rate falling linearly), each skipped once
-    its model is there; the from-scratch arm starts from the assembled folder and is never packaged."""
+    from its model, the cool-down from the editor's (the rate falling linearly) and the filler stage
+    from that on instructions with made-up words, each skipped once its model is there; the
+    from-scratch arm starts from the assembled folder and is never packaged."""
     from instruct_pix2pix.loading import DEFAULT_MODEL
     from instruct_pix2pix.small_world import recipe
     from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, run_recipe
@@ -363,8 +364,9 @@ def test_the_recipe_chains_text_to_image_editor_and_cool_down_and_skips_done_sta
     monkeypatch.setattr(recipe, "package", lambda *a, **k: pytest.fail("package_model=False must not package"))
 
     trained = run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False)
-    assert trained == work / "unet-cooldown" / "model" and (trained / "model_index.json").is_file()
-    stages = ("t2i", "unet", "unet-cooldown")
+    plain = (work / "data" / "train-triples.jsonl").read_text().splitlines()
+    assert trained == work / "unet-filler" / "model" and (trained / "model_index.json").is_file()
+    stages = ("t2i", "unet", "unet-cooldown", "unet-filler")
     settings = {name: json.loads((work / name / "config.json").read_text()) for name in stages}
     assert settings["t2i"]["task"] == "text-to-image" and settings["t2i"]["from_scratch"] == str(work / "scratch")
     assert settings["unet"]["pretrained_model_name_or_path"] == str(work / "t2i" / "model")
@@ -372,6 +374,13 @@ def test_the_recipe_chains_text_to_image_editor_and_cool_down_and_skips_done_sta
     cool = settings["unet-cooldown"]
     assert cool["pretrained_model_name_or_path"] == str(work / "unet" / "model") and cool["from_scratch"] is None
     assert (cool["lr_scheduler"], cool["max_train_steps"]) == ("linear", 1)
+    last = settings["unet-filler"]
+    assert last["pretrained_model_name_or_path"] == str(work / "unet-cooldown" / "model")
+    assert (last["lr_scheduler"], last["max_train_steps"]) == ("linear", 1)
+    assert last["train_data"] == str(work / "data-filler")
+    filled = (work / "data-filler" / "train-triples.jsonl").read_text().splitlines()
+    assert len(filled) == 32 and 0 < len(set(filled) - set(plain)) < 32  # some instructions have made-up words
+    assert cool["train_data"] == str(work / "data")
 
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
     assert run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False) == trained
@@ -379,6 +388,6 @@ def test_the_recipe_chains_text_to_image_editor_and_cool_down_and_skips_done_sta
 
     monkeypatch.setattr(recipe, "package_language_model", lambda *a: pytest.fail("the comparison arm is not shipped"))
     scratch = run_recipe(work, steps=1, from_scratch=True)
-    assert scratch == work / "unet-scratch-cooldown" / "model"
+    assert scratch == work / "unet-scratch-filler" / "model"
     arm = json.loads((work / "unet-scratch" / "config.json").read_text())
     assert arm["from_scratch"] == str(work / "scratch") and arm["pretrained_model_name_or_path"] is None

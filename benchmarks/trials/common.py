@@ -2,7 +2,8 @@
 
 Both trial scripts take, before the training overrides, the world and model settings of a trial:
 `small=R` (the small objects' radius as a share of the side, in the data and the evaluation alike),
-`edits=N` (distinct training edits, default 10,000), `vae=FOLDER` (a trained VAE, default the
+`edits=N` (distinct training edits, default 10,000), `filler=S` (the share of
+instructions with made-up words, `edits.with_filler`), `vae=FOLDER` (a trained VAE, default the
 shipped one) and `unet.KEY=VALUE` (the UNet's config, as `unet.norm_num_groups=8`). Each
 combination gets its own data and scratch folders, made once.
 """
@@ -43,19 +44,20 @@ def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     """Data (`edits=N` training edits, 10,000 by default) and a from_scratch folder over the VAE and the
     shipped CLIP, for the trial settings among `arguments`; returns them and the arguments left
     (training overrides)."""
-    mine = [a for a in arguments if a.startswith(("small=", "edits=", "vae=", "unet."))]
+    mine = [a for a in arguments if a.startswith(("small=", "edits=", "filler=", "vae=", "unet."))]
     settings = trial_settings(mine, {a.partition("=")[0] for a in mine})
     rest = [a for a in arguments if a not in mine]
     radius = scenes.RADIUS["small"]
     vae = Path(settings.get("vae", DEFAULT_MODEL / "vae"))
     unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}
-    edits = int(settings.get("edits", 10_000))
+    edits, filler = int(settings.get("edits", 10_000)), float(settings.get("filler", 0))
     data = TRIALS / (f"data-{edits // 1000}k" + ("" if radius == 0.085 else f"-r{radius}"))  # no -r: the first trials'
+    data = data.with_name(data.name + (f"-f{filler}" if filler else ""))
     name = "shipped" if "vae" not in settings else vae.parent.name if vae.name == "model" else vae.name
     scratch = TRIALS / ("scratch-" + name + "".join(f"-{k}{v}" for k, v in unet.items()))
     TRIALS.mkdir(parents=True, exist_ok=True)
     if not (data / "train-triples.jsonl").exists():
-        write_dataset(data, edits)
+        write_dataset(data, edits, filler=filler)
     if not scratch.exists():
         assemble_scratch(DEFAULT_CLIP, vae, scratch)
         config_file = scratch / "unet" / "config.json"

@@ -2,7 +2,7 @@
 paper's way: conv_in widened 4 -> 8) or trained from scratch. Constant learning rate after warmup, so
 each segment continues the last exactly; evaluated (held-out scenes, training wording, 20 steps)
 after each, at the world's guidance (text 7.5, image 1.5: `success`) and at the shipped model's
-(text 1.5, image 1.5: `success_text_1.5`).
+(text 1.5, image 1.5: `success_text_1.5`, and with held-out wording `held_out_text_1.5`).
 
     python benchmarks/trials/editor_trial.py OUTPUT_DIR 500,1000 T2I_MODEL|scratch|scratch=DIR [key=value ...]
 
@@ -43,6 +43,7 @@ for steps in points:
     methods = {text: editor_method(editor, SETTINGS.replace(guidance_scale=float(text))) for text in ("7.5", "1.5")}
     rows, _ = evaluate(methods, per_kind=PER_KIND, phrasings=("training",), progress=False)
     at = {text: [r for r in rows if r.method == text] for text in methods}
+    held, _ = evaluate({"1.5": methods["1.5"]}, per_kind=PER_KIND, phrasings=("held-out",), progress=False)
     row = {
         "run": str(work),
         "start": start_from,
@@ -52,6 +53,7 @@ for steps in points:
         "success": {r.kind: round(r.success, 3) for r in at["7.5"]},
         "read_right": {r.kind: round(r.read_right, 3) for r in at["7.5"]},
         "success_text_1.5": {r.kind: round(r.success, 3) for r in at["1.5"]},
+        "held_out_text_1.5": {r.kind: round(r.success, 3) for r in held},
     }
     print(json.dumps(row), flush=True)
     with open("runs/trials/editor-trials.jsonl", "a") as f:

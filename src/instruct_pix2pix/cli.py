@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="train", help="train (the default), or any other name for scenes training never sees"
     )
     generate.add_argument("--format", choices=("parquet", "reference"), default="parquet")
+    generate.add_argument(
+        "--filler", type=float, default=0.0, help="share of instructions given made-up words, 0 to 1 (default: 0)"
+    )
     from instruct_pix2pix.small_world.evaluate import SETTINGS as small_world_settings
 
     demo = actions.add_parser("demo", help="edit a sample scene several ways; one labelled grid with the ground truth")
@@ -675,7 +678,7 @@ def run_world(args) -> None:
     elif args.world_command == "generate":
         from instruct_pix2pix.small_world.generate import write_dataset
 
-        print(write_dataset(args.output, args.count, split=args.split, format=args.format))
+        print(write_dataset(args.output, args.count, split=args.split, format=args.format, filler=args.filler))
     elif args.world_command == "train-default":
         quiet_libraries()
         from instruct_pix2pix.small_world.recipe import TRAINING_EDITS, run_recipe

@@ -8,6 +8,7 @@ and measure how the model copes with wording it never saw.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -250,9 +251,16 @@ def edit_rng(split: str, index: int) -> random.Random:
 
 
 def sample_edits(
-    split: str, count: int, *, kinds: tuple[str, ...] = KINDS, held_out: bool = False, start: int = 0
+    split: str,
+    count: int,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    held_out: bool = False,
+    start: int = 0,
+    filler: float = 0.0,
 ) -> Iterator[WorldEdit]:
-    """`count` edits of split `split` ("train", "validation", "test"), kinds in turn, each from its own seed.
+    """`count` edits of split `split` ("train", "validation", "test"), kinds in turn, each from its own seed;
+    a `filler` share of the instructions get made-up words (`with_filler`), the edits themselves unchanged.
 
     Example `i` depends only on (split, i), so a dataset can be extended, resumed or sharded.
     """
@@ -262,8 +270,29 @@ def sample_edits(
         while True:  # resample the scene until the kind applies (a move needs a free neighbour cell, ...)
             edit = make_edit(sample_scene(rng), kind, rng, held_out=held_out)
             if edit is not None:
-                yield edit
                 break
+        noise = random.Random(f"small-world/{split}/{index}/filler")  # its own draws: the edit is the same
+        yield replace(edit, instruction=with_filler(edit.instruction, noise)) if noise.random() < filler else edit
+
+
+def with_filler(instruction: str, rng: random.Random) -> str:
+    """`instruction` with one or two made-up words (1-5 random letters, never a word of the world, so
+    never a held-out phrasing's) at random places, so that a model learns to edit past words it does
+    not know rather than stop at them."""
+    words = instruction.split()
+    for _ in range(rng.choice((1, 2))):
+        while (made_up := "".join(rng.choices(LETTERS, k=rng.randint(1, 5)))) in _world_words():
+            pass
+        words.insert(rng.randint(0, len(words)), made_up)
+    return " ".join(words)
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@functools.cache
+def _world_words() -> frozenset[str]:
+    return frozenset(vocabulary())
 
 
 def vocabulary() -> list[str]:

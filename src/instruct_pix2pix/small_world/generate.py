@@ -29,6 +29,7 @@ def write_dataset(
     size: int = DEFAULT_SIZE,
     shard_size: int = 5000,
     format: str = "parquet",
+    filler: float = 0.0,
     progress: bool = True,
 ) -> Path:
     """Write `count` edits of `split` to `output`.
@@ -37,16 +38,19 @@ def write_dataset(
     written atomically; a killed run resumes by skipping the shards already there. reference:
     the original on-disk format (seeds.json, NNNNNNN/prompt.json, {seed}_0.jpg, {seed}_1.jpg).
     Both also get `{split}-triples.jsonl`: (input caption, instruction, output caption) in the
-    format of the paper's human-written prompts.
+    format of the paper's human-written prompts. `filler`: the share of instructions with made-up
+    words in them (`edits.with_filler`).
     """
     if count < 1 or shard_size < 1:
         raise UserError(f"count and shard size must be at least 1, not {count} and {shard_size}")
+    if not 0 <= filler <= 1:
+        raise UserError(f"the share of instructions with made-up words must be from 0 to 1, not {filler}")
     if format not in ("parquet", "reference"):
         raise UserError(f"unknown dataset format {format!r}; use parquet or reference")
     output = Path(output)
     bar = tqdm(total=count, desc=f"writing {split} edits", unit="edit", disable=not progress)
     if format == "reference":
-        write_reference_folder(_examples(sample_edits(split, count), size, bar), output)
+        write_reference_folder(_examples(sample_edits(split, count, filler=filler), size, bar), output)
     else:
         shards = (count + shard_size - 1) // shard_size
         output.mkdir(parents=True, exist_ok=True)
@@ -57,10 +61,10 @@ def write_dataset(
             if path.exists():  # written whole by an earlier run (shards are renamed into place)
                 bar.update(number)
                 continue
-            write_parquet(_examples(sample_edits(split, number, start=start), size, bar), path)
+            write_parquet(_examples(sample_edits(split, number, start=start, filler=filler), size, bar), path)
     bar.close()
     with atomic_file(output / f"{split}-triples.jsonl", "w", encoding="utf-8") as f:
-        for edit in sample_edits(split, count):
+        for edit in sample_edits(split, count, filler=filler):
             triple = {"input": edit.input_caption, "edit": edit.instruction, "output": edit.edited_caption}
             f.write(json.dumps(triple) + "\n")
     return output

@@ -14,6 +14,8 @@
              objective and conditioning dropout, at a constant learning rate; unlike the paper its
              text encoder trains with it (the world's CLIP never saw the instruction words)
    cooldown  the same config from the editor's model, the rate falling linearly to 0 (`COOLDOWN`)
+   filler    once more from that model, on the same edits with made-up words in some of the
+             instructions (`FILLER`), so that words it never saw do not stop an edit
 7. package   both models in float16 where that loses nothing measurable, and the language model,
              into the package
 8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
@@ -45,6 +47,10 @@ TRAINING_EDITS = 10_000  # 100,000 did no better at equal steps: the editor is s
 # edits a kind: 82% right at 9000 constant-rate steps, 87% after it (README).
 COOLDOWN = ["lr_scheduler=linear"]
 COOLDOWN_STEPS = 1500
+# Then one more such stage on the same edits with made-up words in 30% of the instructions
+# (`edits.with_filler`), so that the editor edits past words it does not know instead of stopping at
+# them: held-out wording 45% -> 66% right on 10 held-out edits a kind (README).
+FILLER = 0.3
 CLIP_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -213,7 +219,7 @@ def run_recipe(
     elif json.loads((scratch / "unet" / "config.json").read_text())["in_channels"] != 4:
         raise UserError(f"{scratch} was assembled by the earlier recipe (an 8-channel UNet): delete it and run again")
 
-    def train_stage(config: str, name: str, start: list[str], stage_steps: int | None) -> Path:
+    def train_stage(config: str, name: str, start: list[str], stage_steps: int | None, data: Path = data) -> Path:
         output = work / name
         if not _done(output / "model", name):
             overrides = [*start, f"train_data={data}", f"output_dir={output}", "resume_from_checkpoint=latest"]
@@ -230,7 +236,12 @@ def run_recipe(
     name = "unet-scratch" if from_scratch else "unet"
     constant = train_stage("small-world.yaml", name, start, steps)
     cooled = [f"pretrained_model_name_or_path={constant}", "from_scratch=none", *COOLDOWN]
-    trained = train_stage("small-world.yaml", f"{name}-cooldown", cooled, COOLDOWN_STEPS)
+    cooled = train_stage("small-world.yaml", f"{name}-cooldown", cooled, COOLDOWN_STEPS)
+    filler = work / "data-filler"
+    if not _done(filler / "train-triples.jsonl", "data-filler"):
+        write_dataset(filler, edits, filler=FILLER)
+    start = [f"pretrained_model_name_or_path={cooled}", "from_scratch=none", *COOLDOWN]
+    trained = train_stage("small-world.yaml", f"{name}-filler", start, COOLDOWN_STEPS, filler)
     if package_model and from_scratch:
         print("[package] skipped: the editor trained from scratch is the comparison arm, not the shipped model")
     elif package_model:
