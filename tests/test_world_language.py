@@ -101,6 +101,17 @@ def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architec
     assert report["captions"] == 4 and 0 <= report["right"] <= report["parses"] <= 1
 
 
+def test_bf16_pretraining_trains_and_is_part_of_the_settings(tmp_path):
+    small = dict(steps=2, batch_size=4, learning_rate=1e-3, progress=False,
+                 model_config={"n_embd": 16, "n_layer": 1, "n_head": 2})  # fmt: skip
+    plain = pretrain_language_model(tmp_path / "fp32", **small)
+    bf16 = pretrain_language_model(tmp_path / "bf16", **small, bf16_autocast=True)
+    assert bf16["bf16_autocast"] is True and "bf16_autocast" not in plain
+    assert 0 < bf16["loss"] < 10 and bf16["loss"] != plain["loss"]  # it ran in bf16: other rounding
+    with pytest.raises(UserError, match="other settings"):  # a float32 run does not resume as bf16
+        pretrain_language_model(tmp_path / "fp32", **small, bf16_autocast=True)
+
+
 def test_an_unknown_architecture_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="gpt2 or a llama, not 'mamba'") as error:
         pretrain_language_model(

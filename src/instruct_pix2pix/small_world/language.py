@@ -311,8 +311,10 @@ def pretrain_language_model(
     checkpoint_every: int = 100,
     progress: bool = True,
     model_config: dict | None = None,
+    bf16_autocast: bool = False,
 ) -> dict:
-    """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the metrics."""
+    """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the
+    metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32)."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
@@ -328,12 +330,14 @@ def pretrain_language_model(
         "learning_rate": learning_rate,
         "seed": seed,
         "model_config": settings,
+        **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         texts = [internet_document(step * batch_size + i) for i in range(batch_size)]
         rows = [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
-        return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast):
+            return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss.float()
 
     result = fit(
         "world language model",
