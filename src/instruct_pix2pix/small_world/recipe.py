@@ -235,13 +235,13 @@ def run_recipe(
         start = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none"]
     name = "unet-scratch" if from_scratch else "unet"
     constant = train_stage("small-world.yaml", name, start, steps)
-    cooled = [f"pretrained_model_name_or_path={constant}", "from_scratch=none", *COOLDOWN]
-    cooled = train_stage("small-world.yaml", f"{name}-cooldown", cooled, COOLDOWN_STEPS)
-    filler = work / "data-filler"
-    if not _done(filler / "train-triples.jsonl", "data-filler"):
-        write_dataset(filler, edits, filler=FILLER)
+    start = [f"pretrained_model_name_or_path={constant}", "from_scratch=none", *COOLDOWN]
+    cooled = train_stage("small-world.yaml", f"{name}-cooldown", start, COOLDOWN_STEPS)
+    filler_data = work / "data-filler"
+    if not _done(filler_data / "train-triples.jsonl", "data-filler"):
+        write_dataset(filler_data, edits, filler=FILLER)
     start = [f"pretrained_model_name_or_path={cooled}", "from_scratch=none", *COOLDOWN]
-    trained = train_stage("small-world.yaml", f"{name}-filler", start, COOLDOWN_STEPS, filler)
+    trained = train_stage("small-world.yaml", f"{name}-filler", start, COOLDOWN_STEPS, filler_data)
     if package_model and from_scratch:
         print("[package] skipped: the editor trained from scratch is the comparison arm, not the shipped model")
     elif package_model:
