@@ -293,6 +293,12 @@ def test_the_cli_world_commands(tmp_path, capsys):
     assert not {t["edit"] for t in triples} & {e.instruction for e in sample_edits("train", 9)}
     assert main(["world", "generate", "-o", str(tmp_path / "g"), "--count", "3", "--filler", "1.5"]) != 0
     assert "from 0 to 1, not 1.5" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    assert main(["world", "generate", "-o", str(tmp_path / "k"), "--count", "6", "--kinds", "resize,move,resize"]) == 0
+    written = [json.loads(line)["edit"] for line in (tmp_path / "k" / "train-triples.jsonl").read_text().splitlines()]
+    weighted = list(sample_edits("train", 6, kinds=("resize", "move", "resize")))
+    assert written == [e.instruction for e in weighted] and [e.kind for e in weighted].count("resize") == 4
+    assert main(["world", "generate", "-o", str(tmp_path / "h"), "--count", "3", "--kinds", "resize,blur"]) != 0
+    assert "must be some of recolor" in capsys.readouterr().err and not (tmp_path / "h").exists()
 
 
 def test_demo_and_evaluation_figures_carry_their_settings(tmp_path):

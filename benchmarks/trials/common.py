@@ -3,7 +3,8 @@
 Both trial scripts take, before the training overrides, the world and model settings of a trial:
 `small=R` (the small objects' radius as a share of the side, in the data and the evaluation alike),
 `edits=N` (distinct training edits, default 10,000), `filler=S` (the share of
-instructions with made-up words, `edits.with_filler`), `vae=FOLDER` (a trained VAE, default the
+instructions with made-up words, `edits.with_filler`), `kinds=K+K+...` (the edit kinds in turn, a
+kind named twice drawn twice as often; default every kind once), `vae=FOLDER` (a trained VAE, default the
 shipped one) and `unet.KEY=VALUE` (the UNet's config, as `unet.norm_num_groups=8`). Each
 combination gets its own data and scratch folders, made once.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from instruct_pix2pix.loading import DEFAULT_MODEL
 from instruct_pix2pix.small_world import scenes
+from instruct_pix2pix.small_world.edits import KINDS
 from instruct_pix2pix.small_world.generate import write_dataset
 from instruct_pix2pix.small_world.reader import _masks
 from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, assemble_scratch
@@ -44,7 +46,7 @@ def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     """Data (`edits=N` training edits, 10,000 by default) and a from_scratch folder over the VAE and the
     shipped CLIP, for the trial settings among `arguments`; returns them and the arguments left
     (training overrides)."""
-    mine = [a for a in arguments if a.startswith(("small=", "edits=", "filler=", "vae=", "unet."))]
+    mine = [a for a in arguments if a.startswith(("small=", "edits=", "filler=", "kinds=", "vae=", "unet."))]
     settings = trial_settings(mine, {a.partition("=")[0] for a in mine})
     rest = [a for a in arguments if a not in mine]
     radius = scenes.RADIUS["small"]
@@ -52,12 +54,14 @@ def trial_inputs(arguments: list[str]) -> tuple[Path, Path, list[str]]:
     unet = {k.removeprefix("unet."): json.loads(v) for k, v in sorted(settings.items()) if k.startswith("unet.")}
     edits, filler = int(settings.get("edits", 10_000)), float(settings.get("filler", 0))
     data = TRIALS / (f"data-{edits // 1000}k" + ("" if radius == 0.085 else f"-r{radius}"))  # no -r: the first trials'
-    data = data.with_name(data.name + (f"-f{filler}" if filler else ""))
+    kinds = tuple(settings["kinds"].split("+")) if "kinds" in settings else KINDS
+    weighted = "" if kinds == KINDS else "-" + "+".join(kinds)
+    data = data.with_name(data.name + (f"-f{filler}" if filler else "") + weighted)
     name = "shipped" if "vae" not in settings else vae.parent.name if vae.name == "model" else vae.name
     scratch = TRIALS / ("scratch-" + name + "".join(f"-{k}{v}" for k, v in unet.items()))
     TRIALS.mkdir(parents=True, exist_ok=True)
     if not (data / "train-triples.jsonl").exists():
-        write_dataset(data, edits, filler=filler)
+        write_dataset(data, edits, filler=filler, kinds=kinds)
     if not scratch.exists():
         assemble_scratch(DEFAULT_CLIP, vae, scratch)
         config_file = scratch / "unet" / "config.json"

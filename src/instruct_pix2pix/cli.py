@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")
     sample.add_argument("--count", type=positive_int, default=2, help="edits of each kind (default: 2)")
     sample.add_argument("--seed", type=int, default=0)
+    from instruct_pix2pix.small_world.edits import KINDS
+    from instruct_pix2pix.small_world.evaluate import SETTINGS as small_world_settings
+
     generate = actions.add_parser("generate", help="write a training dataset (parquet or the reference format)")
     generate.add_argument("-o", "--output", required=True, help="folder to write")
     generate.add_argument("--count", type=positive_int, default=40_000, help="number of edits (default: 40000)")
@@ -370,8 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--filler", type=float, default=0.0, help="share of instructions given made-up words, 0 to 1 (default: 0)"
     )
-    from instruct_pix2pix.small_world.evaluate import SETTINGS as small_world_settings
-
+    generate.add_argument(
+        "--kinds",
+        type=lambda text: tuple(text.split(",")),
+        default=KINDS,
+        help="edit kinds in turn, comma-separated; a kind named twice comes twice as often (default: each once)",
+    )
     demo = actions.add_parser("demo", help="edit a sample scene several ways; one labelled grid with the ground truth")
     demo.add_argument("-o", "--output", default="demo.png", help="PNG to write (default: demo.png)")
     add_model_options(demo)
@@ -678,7 +685,8 @@ def run_world(args) -> None:
     elif args.world_command == "generate":
         from instruct_pix2pix.small_world.generate import write_dataset
 
-        print(write_dataset(args.output, args.count, split=args.split, format=args.format, filler=args.filler))
+        settings = {"split": args.split, "format": args.format, "filler": args.filler, "kinds": args.kinds}
+        print(write_dataset(args.output, args.count, **settings))
     elif args.world_command == "train-default":
         quiet_libraries()
         from instruct_pix2pix.small_world.recipe import TRAINING_EDITS, run_recipe

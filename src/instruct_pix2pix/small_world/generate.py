@@ -30,6 +30,7 @@ def write_dataset(
     shard_size: int = 5000,
     format: str = "parquet",
     filler: float = 0.0,
+    kinds: tuple[str, ...] = KINDS,
     progress: bool = True,
 ) -> Path:
     """Write `count` edits of `split` to `output`.
@@ -45,12 +46,18 @@ def write_dataset(
         raise UserError(f"count and shard size must be at least 1, not {count} and {shard_size}")
     if not 0 <= filler <= 1:
         raise UserError(f"the share of instructions with made-up words must be from 0 to 1, not {filler}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise UserError(f"edit kinds must be some of {', '.join(KINDS)}, not {', '.join(kinds) or 'none'}")
     if format not in ("parquet", "reference"):
         raise UserError(f"unknown dataset format {format!r}; use parquet or reference")
     output = Path(output)
+
+    def edits(number: int, start: int = 0) -> Iterable[WorldEdit]:
+        return sample_edits(split, number, kinds=kinds, start=start, filler=filler)
+
     bar = tqdm(total=count, desc=f"writing {split} edits", unit="edit", disable=not progress)
     if format == "reference":
-        write_reference_folder(_examples(sample_edits(split, count, filler=filler), size, bar), output)
+        write_reference_folder(_examples(edits(count), size, bar), output)
     else:
         shards = (count + shard_size - 1) // shard_size
         output.mkdir(parents=True, exist_ok=True)
@@ -61,10 +68,10 @@ def write_dataset(
             if path.exists():  # written whole by an earlier run (shards are renamed into place)
                 bar.update(number)
                 continue
-            write_parquet(_examples(sample_edits(split, number, start=start, filler=filler), size, bar), path)
+            write_parquet(_examples(edits(number, start), size, bar), path)
     bar.close()
     with atomic_file(output / f"{split}-triples.jsonl", "w", encoding="utf-8") as f:
-        for edit in sample_edits(split, count, filler=filler):
+        for edit in edits(count):
             triple = {"input": edit.input_caption, "edit": edit.instruction, "output": edit.edited_caption}
             f.write(json.dumps(triple) + "\n")
     return output
