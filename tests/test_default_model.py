@@ -32,9 +32,9 @@ def test_the_default_model_is_shipped_small(editor):
 
 def test_default_model_edits_held_out_scenes_right(editor):
     """On 4 held-out scenes of every kind (its own settings) its edits succeed at least 27 times in 36
-    with training wording (measured: 30; 82% of 40 a kind in the README; an editor that ignores the
-    input image: 0) and 21 times with held-out wording (measured: 24; the editor shipped before it,
-    trained without made-up words: 18), keep what they should (L1 on kept pixels 0.005; the
+    with training wording (measured: 31; 83% of 40 a kind in the README; an editor that ignores the
+    input image: 0) and 22 times with held-out wording (measured: 25; the editor trained without
+    made-up words: 18), keep what they should (L1 on kept pixels 0.005; the
     image-blind editor 0.15 and more) and come nearer the ground truth than the unchanged input."""
     rows, _ = evaluate({"model": editor_method(editor), "unchanged input": unchanged}, per_kind=4, progress=False,
                        phrasings=["training", "held-out"])  # fmt: skip
@@ -42,7 +42,7 @@ def test_default_model_edits_held_out_scenes_right(editor):
     overall = by["model", "all"]
     assert overall.success * overall.count >= 27, f"{overall.success * overall.count:.0f} of 36 edits succeeded"
     held = next(r for r in rows if (r.method, r.kind, r.phrasing) == ("model", "all", "held-out"))
-    assert held.success * held.count >= 21, f"{held.success * held.count:.0f} of 36 held-out wordings succeeded"
+    assert held.success * held.count >= 22, f"{held.success * held.count:.0f} of 36 held-out wordings succeeded"
     message = f"L1 to the ground truth {overall.l1:.3f}, on kept pixels {overall.l1_outside:.3f}"
     assert overall.l1 < 0.02 and overall.l1_outside < 0.015, message
     for kind in KINDS:

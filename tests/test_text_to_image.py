@@ -346,11 +346,11 @@ def test_a_trained_text_encoder_resumes_exactly_caches_alike_and_its_ema_is_save
     assert all(torch.equal(start[k], v) for k, v in frozen.items())
 
 
-def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_and_skips_done_stages(tmp_path, monkeypatch):
+def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_skips_done_ones(tmp_path, monkeypatch):
     """run_recipe with the slow pretraining stages already done: the text-to-image UNet, the editor
-    from its model, the cool-down from the editor's (the rate falling linearly) and the filler stage
-    from that on instructions with made-up words, each skipped once its model is there; the
-    from-scratch arm starts from the assembled folder and is never packaged."""
+    from its model, the cool-down from the editor's (the rate falling linearly) and two filler stages,
+    each from the model before, on instructions with made-up words, each skipped once its model is
+    there; the from-scratch arm starts from the assembled folder and is never packaged."""
     from instruct_pix2pix.loading import DEFAULT_MODEL
     from instruct_pix2pix.small_world import recipe
     from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, run_recipe
@@ -365,8 +365,8 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_and_skips_d
 
     trained = run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False)
     plain = (work / "data" / "train-triples.jsonl").read_text().splitlines()
-    assert trained == work / "unet-filler" / "model" and (trained / "model_index.json").is_file()
-    stages = ("t2i", "unet", "unet-cooldown", "unet-filler")
+    assert trained == work / "unet-filler2" / "model" and (trained / "model_index.json").is_file()
+    stages = ("t2i", "unet", "unet-cooldown", "unet-filler", "unet-filler2")
     settings = {name: json.loads((work / name / "config.json").read_text()) for name in stages}
     assert settings["t2i"]["task"] == "text-to-image" and settings["t2i"]["from_scratch"] == str(work / "scratch")
     assert settings["unet"]["pretrained_model_name_or_path"] == str(work / "t2i" / "model")
@@ -374,10 +374,11 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_and_skips_d
     cool = settings["unet-cooldown"]
     assert cool["pretrained_model_name_or_path"] == str(work / "unet" / "model") and cool["from_scratch"] is None
     assert (cool["lr_scheduler"], cool["max_train_steps"]) == ("linear", 1)
-    last = settings["unet-filler"]
-    assert last["pretrained_model_name_or_path"] == str(work / "unet-cooldown" / "model")
-    assert (last["lr_scheduler"], last["max_train_steps"]) == ("linear", 1)
-    assert last["train_data"] == str(work / "data-filler")
+    for stage, before in (("unet-filler", "unet-cooldown"), ("unet-filler2", "unet-filler")):
+        filler = settings[stage]
+        assert filler["pretrained_model_name_or_path"] == str(work / before / "model")
+        assert (filler["lr_scheduler"], filler["max_train_steps"]) == ("linear", 1)
+        assert filler["train_data"] == str(work / "data-filler")
     filled = (work / "data-filler" / "train-triples.jsonl").read_text().splitlines()
     assert len(filled) == 32 and 0 < len(set(filled) - set(plain)) < 32  # some instructions have made-up words
     assert cool["train_data"] == str(work / "data")
@@ -388,6 +389,6 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_and_skips_d
 
     monkeypatch.setattr(recipe, "package_language_model", lambda *a: pytest.fail("the comparison arm is not shipped"))
     scratch = run_recipe(work, steps=1, from_scratch=True)
-    assert scratch == work / "unet-scratch-filler" / "model"
+    assert scratch == work / "unet-scratch-filler2" / "model"
     arm = json.loads((work / "unet-scratch" / "config.json").read_text())
     assert arm["from_scratch"] == str(work / "scratch") and arm["pretrained_model_name_or_path"] is None

@@ -15,7 +15,8 @@
              text encoder trains with it (the world's CLIP never saw the instruction words)
    cooldown  the same config from the editor's model, the rate falling linearly to 0 (`COOLDOWN`)
    filler    once more from that model, on the same edits with made-up words in some of the
-             instructions (`FILLER`), so that words it never saw do not stop an edit
+             instructions (`FILLER`), so that words it never saw do not stop an edit; then
+   filler2   once more the same way from the filler stage's model (`FILLER_STAGES`)
 7. package   both models in float16 where that loses nothing measurable, and the language model,
              into the package
 8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
@@ -51,6 +52,9 @@ COOLDOWN_STEPS = 1500
 # (`edits.with_filler`), so that the editor edits past words it does not know instead of stopping at
 # them: held-out wording 45% -> 66% right on 10 held-out edits a kind (README).
 FILLER = 0.3
+# Two such stages, the second from the first's model: 82% -> 83% right with training wording and
+# 67% -> 71% held out on 40 held-out edits a kind (README).
+FILLER_STAGES = 2
 CLIP_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -240,8 +244,11 @@ def run_recipe(
     filler_data = work / "data-filler"
     if not _done(filler_data / "train-triples.jsonl", "data-filler"):
         write_dataset(filler_data, edits, filler=FILLER)
-    start = [f"pretrained_model_name_or_path={cooled}", "from_scratch=none", *COOLDOWN]
-    trained = train_stage("small-world.yaml", f"{name}-filler", start, COOLDOWN_STEPS, filler_data)
+    trained = cooled
+    for stage in range(1, FILLER_STAGES + 1):
+        start = [f"pretrained_model_name_or_path={trained}", "from_scratch=none", *COOLDOWN]
+        stage_name = f"{name}-filler" + (str(stage) if stage > 1 else "")
+        trained = train_stage("small-world.yaml", stage_name, start, COOLDOWN_STEPS, filler_data)
     if package_model and from_scratch:
         print("[package] skipped: the editor trained from scratch is the comparison arm, not the shipped model")
     elif package_model:
