@@ -3,8 +3,10 @@ measured on held-out captions (parse, right), resumable.
 
     python benchmarks/trials/lm_trial.py OUTPUT_DIR PRETRAIN_STEPS EPOCHS [key=value ...]
 
-key=value set the model (architecture=llama, n_layer=6, n_embd=192, ...); bf16=1 pretrains under CPU
-bf16 autocast. Results are appended to runs/trials/lm-trials.jsonl.
+key=value set the model (architecture=llama, n_layer=6, n_embd=192, n_positions=512, ...); bf16=1
+pretrains under CPU bf16 autocast; series=N puts up to N captions in a document of the internet
+(`language.SERIES`). EPOCHS 0 stops after pretraining and reports the copy probe
+(`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
 import json
@@ -12,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from instruct_pix2pix.small_world.language import DEFAULTS, MODEL_CONFIG, train_language_model
+from lm_copy_probe import copy_probe
+
+from instruct_pix2pix.small_world import language
+from instruct_pix2pix.small_world.language import DEFAULTS, MODEL_CONFIG, pretrain_language_model, train_language_model
 
 work, steps, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 model, autocast = dict(MODEL_CONFIG), {}
@@ -20,18 +25,31 @@ for item in sys.argv[4:]:
     key, value = item.split("=", 1)
     if key == "bf16":
         autocast = {"bf16_autocast": value == "1"}
+    elif key == "series":
+        language.SERIES = int(value)
     else:
         model[key] = int(value) if value.isdigit() else value
 started = time.time()
+settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **autocast}
+if epochs == 0:
+    metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
+    row = {"run": str(work), "series": language.SERIES, "model": model, **autocast, "pretrain_steps": steps,
+           "pretrain_loss": metrics["loss"], "copy_probe": copy_probe(work / "pretrain" / "model"),
+           "wall": round(time.time() - started)}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    with open("runs/trials/lm-trials.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    sys.exit()
 report = train_language_model(
     work,
-    pretrain={**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **autocast},
+    pretrain=settings,
     finetune={**DEFAULTS["finetune"], "epochs": epochs},
     progress=False,
 )
 evaluation = report["evaluation"]
 row = {
     "run": str(work),
+    "series": language.SERIES,
     "model": model,
     **autocast,
     "pretrain_steps": steps,
