@@ -31,36 +31,27 @@ for item in sys.argv[4:]:
         model[key] = int(value) if value.isdigit() else value
 started = time.time()
 settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **autocast}
+row = {"run": str(work), "series": language.SERIES, "model": model, **autocast, "pretrain_steps": steps}
 if epochs == 0:
     metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
-    row = {"run": str(work), "series": language.SERIES, "model": model, **autocast, "pretrain_steps": steps,
-           "pretrain_loss": metrics["loss"], "copy_probe": copy_probe(work / "pretrain" / "model"),
-           "wall": round(time.time() - started)}  # fmt: skip
-    print(json.dumps(row), flush=True)
-    with open("runs/trials/lm-trials.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    sys.exit()
-report = train_language_model(
-    work,
-    pretrain=settings,
-    finetune={**DEFAULTS["finetune"], "epochs": epochs},
-    progress=False,
-)
-evaluation = report["evaluation"]
-row = {
-    "run": str(work),
-    "series": language.SERIES,
-    "model": model,
-    **autocast,
-    "pretrain_steps": steps,
-    "epochs": epochs,
-    "parameters": report["pretrain"]["parameters"],
-    "pretrain_loss": report["pretrain"]["loss"],
-    "parses": evaluation["parses"],
-    "right": evaluation["right"],
-    "reasons": evaluation["reasons"],
-    "wall": round(time.time() - started),
-}
+    row |= {"pretrain_loss": metrics["loss"], "copy_probe": copy_probe(work / "pretrain" / "model")}
+else:
+    report = train_language_model(
+        work,
+        pretrain=settings,
+        finetune={**DEFAULTS["finetune"], "epochs": epochs},
+        progress=False,
+    )
+    evaluation = report["evaluation"]
+    row |= {
+        "epochs": epochs,
+        "parameters": report["pretrain"]["parameters"],
+        "pretrain_loss": report["pretrain"]["loss"],
+        "parses": evaluation["parses"],
+        "right": evaluation["right"],
+        "reasons": evaluation["reasons"],
+    }
+row["wall"] = round(time.time() - started)
 print(json.dumps(row), flush=True)
 with open("runs/trials/lm-trials.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
