@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from instruct_pix2pix.data.triples import completion
 from instruct_pix2pix.errors import UserError
@@ -17,6 +18,7 @@ from instruct_pix2pix.small_world.language import (
     evaluate_language_model,
     held_out_captions,
     internet_document,
+    new_language_model,
     parse_caption,
     parse_instruction,
     pretrain_language_model,
@@ -24,6 +26,7 @@ from instruct_pix2pix.small_world.language import (
     world_triples,
 )
 from instruct_pix2pix.small_world.scenes import caption
+from instruct_pix2pix.training.loop import parameter_groups
 
 
 def test_every_world_word_is_one_token():
@@ -101,6 +104,22 @@ def test_pretraining_writes_a_model_that_the_evaluation_reads(tmp_path, architec
     assert report["captions"] == 4 and 0 <= report["right"] <= report["parses"] <= 1
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_weight_decay_spares_the_embeddings_and_the_tied_output_layer(architecture):
+    # GPT-2's `wte`/`wpe` and Llama's `embed_tokens` have no "embedding" in their names
+    settings = {"n_positions": 32, "n_embd": 16, "n_layer": 1, "n_head": 2, "architecture": architecture}
+    model = new_language_model(world_tokenizer(), settings)
+    decayed, spared = parameter_groups(model, 0.1)
+    assert (decayed["weight_decay"], spared["weight_decay"]) == (0.1, 0.0)
+    tokens = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is tokens  # tied: the output layer is the embedding
+    embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(embeddings) == (2 if architecture == "gpt2" else 1)
+    assert all(any(e is p for p in spared["params"]) and not any(e is p for p in decayed["params"]) for e in embeddings)
+    assert len(decayed["params"]) >= 4 and all(p.ndim == 2 for p in decayed["params"])  # the layers' matrices
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
+
+
 def test_bf16_pretraining_trains_and_is_part_of_the_settings(tmp_path):
     small = dict(steps=2, batch_size=4, learning_rate=1e-3, progress=False,
                  model_config={"n_embd": 16, "n_layer": 1, "n_head": 2})  # fmt: skip
@@ -126,7 +145,7 @@ def test_the_shipped_language_model_writes_triples_of_the_world():
     sampler cannot pass."""
     measured = json.loads((DEFAULT_LANGUAGE_MODEL / "report.json").read_text())["evaluation"]
     report = evaluate_language_model(DEFAULT_LANGUAGE_MODEL, count=48, device="cpu")
-    assert report["parses"] >= measured["parses"] - 0.1
+    assert report["parses"] >= measured["parses"] - 0.15  # measured 36 of these 48 (83.5% of 200)
     assert sum(share > 0 for share in report["kinds"].values()) >= 7  # not one memorised instruction
     assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 6
-    assert report["right"] * 48 >= 1  # measured 2 of these 48 (4.5% of 200)
+    assert report["right"] * 48 >= 6  # measured 10 of these 48 (18.5% of 200; the model shipped before: 2)

@@ -6,6 +6,10 @@ away. Counts, over held-out captions, how many objects differ between the captio
 model writes after it (0: copied unchanged; 1-2: one change; "unparsed": not a world caption).
 Seconds, not a fine-tune: it ranks pretraining designs on what the text stage needs most.
 
+`copy_probabilities` says where copying fails: given a held-out caption and the caption after one
+edit (teacher-forced), the mean probability the model gives each word of the second caption's
+unchanged beginning, by the word's kind (size, colour, shape, other).
+
     python benchmarks/trials/lm_copy_probe.py MODEL_DIR [CAPTIONS]
 """
 
@@ -15,7 +19,9 @@ from collections import Counter
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from instruct_pix2pix.small_world.language import held_out_captions, parse_caption
+from instruct_pix2pix.small_world.edits import sample_edits
+from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, parse_caption
+from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES
 
 
 def copy_probe(source, count: int = 96) -> dict[str, int]:
@@ -44,7 +50,26 @@ def copy_probe(source, count: int = 96) -> dict[str, int]:
     return dict(sorted(differences.items()))
 
 
+def copy_probabilities(source, count: int = 96) -> dict[str, float]:
+    """Mean probability of the right word on the unchanged beginning of an edited caption, by word kind."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    kinds = {word: kind for kind, words in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES)) for word in words}
+    found: dict[str, list[float]] = {}
+    for edit in sample_edits(TEST_SPLIT, count):
+        first, second = tokenizer(edit.input_caption + "\n").input_ids, tokenizer(edit.edited_caption).input_ids
+        same = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+        ids = torch.tensor([first + second])
+        with torch.no_grad():
+            probabilities = model(ids).logits[0].float().softmax(-1)
+        for i in range(same):
+            kind = kinds.get(tokenizer.decode(second[i]).strip(), "other")
+            found.setdefault(kind, []).append(probabilities[len(first) + i - 1, second[i]].item())
+    return {kind: round(sum(v) / len(v), 3) for kind, v in sorted(found.items())}
+
+
 if __name__ == "__main__":
     source, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 96
     found = copy_probe(source, count)
     print(f"{source}: {found.get('1', 0) + found.get('2', 0)} of {count} one change away; differences: {found}")
+    print(f"p(right word) copying, by kind: {copy_probabilities(source, count)}")

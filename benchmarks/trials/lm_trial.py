@@ -3,10 +3,10 @@ measured on held-out captions (parse, right), resumable.
 
     python benchmarks/trials/lm_trial.py OUTPUT_DIR PRETRAIN_STEPS EPOCHS [key=value ...]
 
-key=value set the model (architecture=llama, n_layer=6, n_embd=192, n_positions=512, ...); bf16=1
-pretrains under CPU bf16 autocast; series=N puts up to N captions in a document of the internet
-(`language.SERIES`). EPOCHS 0 stops after pretraining and reports the copy probe
-(`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
+key=value set the model (architecture=llama, n_layer=6, n_embd=192, n_positions=512,
+tie_word_embeddings=false, embedding_std=0.2, ...); bf16=1 pretrains under CPU bf16 autocast; series=N puts up to N
+captions in a document of the internet (`language.SERIES`). EPOCHS 0 stops after pretraining and
+reports the copy probes (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
 import json
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from lm_copy_probe import copy_probe
+from lm_copy_probe import copy_probabilities, copy_probe
 
 from instruct_pix2pix.small_world import language
 from instruct_pix2pix.small_world.language import DEFAULTS, MODEL_CONFIG, pretrain_language_model, train_language_model
@@ -28,13 +28,18 @@ for item in sys.argv[4:]:
     elif key == "series":
         language.SERIES = int(value)
     else:
-        model[key] = int(value) if value.isdigit() else value
+        try:
+            model[key] = json.loads(value)  # numbers, true/false
+        except json.JSONDecodeError:
+            model[key] = value
 started = time.time()
 settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **autocast}
 row = {"run": str(work), "series": language.SERIES, "model": model, **autocast, "pretrain_steps": steps}
 if epochs == 0:
     metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
-    row |= {"pretrain_loss": metrics["loss"], "copy_probe": copy_probe(work / "pretrain" / "model")}
+    pretrained = work / "pretrain" / "model"
+    row |= {"pretrain_loss": metrics["loss"], "copy_probe": copy_probe(pretrained),
+            "copy_probabilities": copy_probabilities(pretrained)}  # fmt: skip
 else:
     report = train_language_model(
         work,

@@ -48,6 +48,23 @@ def _set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's groups for the parameters of `model` that require grad: `weight_decay` on matrices and
+    convolution kernels; none on embeddings, norms, biases or CLIP's temperature. Embeddings are found
+    by module as well as by name (GPT-2's `wte`/`wpe` and Llama's `embed_tokens` are not called so;
+    a tied output layer is its embedding)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+
+    def decays(name: str, parameter: torch.Tensor) -> bool:
+        return parameter.ndim >= 2 and "embedding" not in name and id(parameter) not in embeddings
+
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in trained if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in trained if not decays(n, p)], "weight_decay": 0.0},
+    ]
+
+
 def fit(
     kind: str,
     output_dir: Path,
@@ -66,22 +83,13 @@ def fit(
 ) -> dict:
     """Train `model` for `steps` steps of `step_loss`, resuming from output_dir's checkpoint.
 
-    Weight decay applies to matrices and convolution kernels, not to embeddings, norms, biases or
-    CLIP's temperature. Only parameters that require grad are trained and checkpointed (a LoRA
-    checkpoint holds the adapters, not the frozen model).
+    Weight decay as `parameter_groups` says. Only parameters that require grad are trained and
+    checkpointed (a LoRA checkpoint holds the adapters, not the frozen model).
 
     Returns {"loss": mean loss of the last steps, "train_seconds": ...}.
     """
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-    def decays(name: str, parameter: torch.Tensor) -> bool:
-        return parameter.ndim >= 2 and "embedding" not in name
-
-    groups = [
-        {"params": [p for n, p in trained.items() if decays(n, p)], "weight_decay": weight_decay},
-        {"params": [p for n, p in trained.items() if not decays(n, p)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-6)
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=1e-6)
     generator = torch.Generator().manual_seed(seed)
     step, losses, seconds = 0, [], 0.0
     checkpoint_path = Path(output_dir) / CHECKPOINT
