@@ -13,6 +13,7 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import KINDS, sample_edits, vocabulary
 from instruct_pix2pix.small_world.language import (
     DEFAULT_LANGUAGE_MODEL,
+    MODEL_CONFIG,
     apply_instruction,
     check_completion,
     evaluate_language_model,
@@ -118,6 +119,15 @@ def test_weight_decay_spares_the_embeddings_and_the_tied_output_layer(architectu
     assert all(any(e is p for p in spared["params"]) and not any(e is p for p in decayed["params"]) for e in embeddings)
     assert len(decayed["params"]) >= 4 and all(p.ndim == 2 for p in decayed["params"])  # the layers' matrices
     assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_the_token_embeddings_start_as_wide_as_the_model_config_says(architecture):
+    settings = {**MODEL_CONFIG, "n_embd": 64, "n_layer": 1, "architecture": architecture}
+    assert settings["embedding_std"] == 0.1  # the shipped model's: 5x GPT-2's 0.02 (README)
+    wide = new_language_model(world_tokenizer(), settings).get_input_embeddings().weight
+    plain = new_language_model(world_tokenizer(), settings | {"embedding_std": None}).get_input_embeddings().weight
+    assert 0.095 < wide.std().item() < 0.105 and 0.015 < plain.std().item() < 0.025
 
 
 def test_bf16_pretraining_trains_and_is_part_of_the_settings(tmp_path):
