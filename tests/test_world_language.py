@@ -141,6 +141,16 @@ def test_bf16_pretraining_trains_and_is_part_of_the_settings(tmp_path):
         pretrain_language_model(tmp_path / "fp32", **small, bf16_autocast=True)
 
 
+def test_the_series_length_is_part_of_the_settings(tmp_path):
+    small = dict(steps=2, batch_size=4, learning_rate=1e-3, progress=False,
+                 model_config={"n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 512})  # fmt: skip
+    assert max(len(internet_document(i, series=6).split("\n")) for i in range(40)) > 3
+    longer = pretrain_language_model(tmp_path / "six", **small, series=6)
+    assert longer["series"] == 6 and "series" not in pretrain_language_model(tmp_path / "three", **small)
+    with pytest.raises(UserError, match="other settings"):  # another internet does not resume this one
+        pretrain_language_model(tmp_path / "six", **small)
+
+
 def test_an_unknown_architecture_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="gpt2 or a llama, not 'mamba'") as error:
         pretrain_language_model(

@@ -5,7 +5,7 @@ measured on held-out captions (parse, right), resumable.
 
 key=value set the model (architecture=llama, n_layer=6, n_embd=192, n_positions=512,
 tie_word_embeddings=false, embedding_std=0.2, ...); bf16=1 pretrains under CPU bf16 autocast; series=N puts up to N
-captions in a document of the internet (`language.SERIES`). EPOCHS 0 stops after pretraining and
+captions in a document of the internet (`language.SERIES` by default). EPOCHS 0 stops after pretraining and
 reports the copy probes (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
@@ -16,25 +16,30 @@ from pathlib import Path
 
 from lm_copy_probe import copy_probabilities, copy_probe
 
-from instruct_pix2pix.small_world import language
-from instruct_pix2pix.small_world.language import DEFAULTS, MODEL_CONFIG, pretrain_language_model, train_language_model
+from instruct_pix2pix.small_world.language import (
+    DEFAULTS,
+    MODEL_CONFIG,
+    SERIES,
+    pretrain_language_model,
+    train_language_model,
+)
 
 work, steps, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-model, autocast = dict(MODEL_CONFIG), {}
+model, options = dict(MODEL_CONFIG), {}
 for item in sys.argv[4:]:
     key, value = item.split("=", 1)
     if key == "bf16":
-        autocast = {"bf16_autocast": value == "1"}
-    elif key == "series":
-        language.SERIES = int(value)
+        options["bf16_autocast"] = value == "1"
+    elif key == "series" and int(value) != SERIES:  # recorded only when not the default, as the pretraining does
+        options["series"] = int(value)
     else:
         try:
             model[key] = json.loads(value)  # numbers, true/false
         except json.JSONDecodeError:
             model[key] = value
 started = time.time()
-settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **autocast}
-row = {"run": str(work), "series": language.SERIES, "model": model, **autocast, "pretrain_steps": steps}
+settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
+row = {"run": str(work), "series": options.get("series", SERIES), "model": model, **options, "pretrain_steps": steps}
 if epochs == 0:
     metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
     pretrained = work / "pretrain" / "model"

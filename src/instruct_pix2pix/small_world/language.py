@@ -77,7 +77,7 @@ def world_tokenizer():
     return build_gpt2_tokenizer(vocabulary() + markers, model_max_length=MODEL_CONFIG["n_positions"])
 
 
-def internet_document(index: int) -> str:
+def internet_document(index: int, series: int = SERIES) -> str:
     """Document `index` of the world's internet: a series of pictures' captions, one a line, each
     picture the one before with one thing changed (as albums and photo series are). Its text has no
     instructions; what it teaches is the captions' grammar, and that a caption can be copied with a
@@ -87,7 +87,7 @@ def internet_document(index: int) -> str:
     if rng.random() < BLACK_AND_WHITE_PROBABILITY:
         scene = replace(scene, black_and_white=True)
     captions = [caption(scene)]
-    for _ in range(rng.randint(1, SERIES - 1)):
+    for _ in range(rng.randint(1, series - 1)):
         edit = make_edit(scene, rng.choice(KINDS), rng)
         if edit is not None:
             scene = edit.after
@@ -320,9 +320,11 @@ def pretrain_language_model(
     progress: bool = True,
     model_config: dict | None = None,
     bf16_autocast: bool = False,
+    series: int = SERIES,
 ) -> dict:
     """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the
-    metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32)."""
+    metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32); `series`: at
+    most this many captions a document."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
@@ -339,10 +341,11 @@ def pretrain_language_model(
         "seed": seed,
         "model_config": settings,
         **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
+        **({"series": series} if series != SERIES else {}),  # the same
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        texts = [internet_document(step * batch_size + i) for i in range(batch_size)]
+        texts = [internet_document(step * batch_size + i, series) for i in range(batch_size)]
         rows = [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast):
             return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss.float()
