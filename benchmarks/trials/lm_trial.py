@@ -3,10 +3,11 @@ measured on held-out captions (parse, right), resumable.
 
     python benchmarks/trials/lm_trial.py OUTPUT_DIR PRETRAIN_STEPS EPOCHS [key=value ...]
 
-key=value set the model (architecture=llama, n_layer=6, n_embd=192, n_positions=512,
-tie_word_embeddings=false, embedding_std=0.2, ...); bf16=1 pretrains under CPU bf16 autocast; series=N puts up to N
-captions in a document of the internet (`language.SERIES` by default). EPOCHS 0 stops after pretraining and
-reports the copy probes (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
+key=value set the model (architecture=llama, n_layer=6, n_embd=256, n_positions=512,
+tie_word_embeddings=false, embedding_std=0.3, ...; values read as JSON); bf16=0 pretrains in float32
+(the default is the shipped model's, bf16 autocast); series=N puts up to N captions in a document of
+the internet (default `language.SERIES`). EPOCHS 0 stops after pretraining and reports the copy
+probes (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
 import json
