@@ -56,12 +56,12 @@ SERIES = 3  # at most this many pictures in a document
 # Token embeddings start 5x wider than GPT-2's 0.02: nothing within one caption tells the four shapes
 # (or the two sizes) apart, so from GPT-2's start their embeddings stay all but equal (cosine 0.99)
 # and the model never learns to copy them from one caption to the next (README, 'the text stage').
-MODEL_CONFIG = {"n_positions": 256, "n_embd": 128, "n_layer": 4, "n_head": 4, "embedding_std": 0.1}
-# The shipped model's settings. Fine-tuning runs 30 epochs, not the paper's one: a model of 0.9M
+MODEL_CONFIG = {"n_positions": 256, "n_embd": 256, "n_layer": 4, "n_head": 4, "embedding_std": 0.1}
+# The shipped model's settings. Fine-tuning runs 30 epochs, not the paper's one: a model of 3.4M
 # parameters does not pick up the format in one (the runs behind this choice: README, 'Making data:
 # the text stage').
 DEFAULTS = {
-    "pretrain": {"steps": 2000, "batch_size": 32, "learning_rate": 2e-3, "bf16_autocast": True},
+    "pretrain": {"steps": 4000, "batch_size": 32, "learning_rate": 2e-3, "bf16_autocast": True},
     "finetune": {"epochs": 30, "batch_size": 8, "learning_rate": 1e-3},
 }
 
