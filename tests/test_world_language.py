@@ -165,7 +165,7 @@ def test_the_shipped_language_model_writes_triples_of_the_world():
     sampler cannot pass."""
     measured = json.loads((DEFAULT_LANGUAGE_MODEL / "report.json").read_text())["evaluation"]
     report = evaluate_language_model(DEFAULT_LANGUAGE_MODEL, count=48, device="cpu")
-    assert report["parses"] >= measured["parses"] - 0.15  # measured 37 of these 48 (76.5% of 200)
+    assert report["parses"] >= measured["parses"] - 0.1  # measured 37 of these 48 (76.5% of 200)
     assert sum(share > 0 for share in report["kinds"].values()) >= 7  # not one memorised instruction
     assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 6
     assert report["right"] * 48 >= 9  # measured 14 of these 48 (27.5% of 200; the model shipped before: 2)

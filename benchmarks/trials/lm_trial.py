@@ -31,8 +31,9 @@ for item in sys.argv[4:]:
     key, value = item.split("=", 1)
     if key == "bf16":
         options["bf16_autocast"] = value == "1"
-    elif key == "series" and int(value) != SERIES:  # recorded only when not the default, as the pretraining does
-        options["series"] = int(value)
+    elif key == "series":
+        if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
+            options["series"] = int(value)
     else:
         try:
             model[key] = json.loads(value)  # numbers, true/false
