@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (the small world's sampler settings)")
     parser.add_argument("--image-guidance", type=float, default=1.5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the editor's, both ways")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    editor = Editor.from_pretrained(device="cpu")
+    editor = Editor.from_pretrained(device="cpu", dtype=args.dtype)
     settings = SETTINGS.replace(num_inference_steps=args.steps)
     examples = world_examples(args.examples)
     scorers = Scorers(ClipScorer.from_pretrained())
@@ -82,13 +83,14 @@ def main() -> None:
     ratio = rate["batched"] / rate["loop"]
     report = {
         "machine": machine(torch.device("cpu")), "threads": torch.get_num_threads(), "examples": args.examples,
-        "steps": args.steps,
+        "steps": args.steps, "dtype": args.dtype,
         "batch_size": args.batch_size, "image_guidance": args.image_guidance, "rounds": args.rounds,
         "seconds": times, "edits_per_second": rate, "ratio": ratio,
         "mean_direction": {name: float(values.mean()) for name, values in results.items()},
         "max_direction_difference": float(np.abs(results["batched"] - results["loop"]).max()),
     }  # fmt: skip
-    print(f"\n| evaluation ({args.examples} edits, {args.steps} steps) | edits/s (median of {args.rounds}) |")
+    title = f"evaluation ({args.examples} edits, {args.steps} steps, {args.dtype})"
+    print(f"\n| {title} | edits/s (median of {args.rounds}) |")
     print("|---|---|")
     print(f"| batched sweep (batch {args.batch_size}) | {rate['batched']:.2f} |")
     print(f"| one example at a time | {rate['loop']:.2f} |")

@@ -33,7 +33,7 @@ from diffusers import UNet2DConditionModel
 
 from instruct_pix2pix.data.image_pairs import PairSettings, candidates_for
 from instruct_pix2pix.data.prompt_to_prompt import sample_pairs
-from instruct_pix2pix.editing import evaluating
+from instruct_pix2pix.editing import DTYPES, evaluating
 from instruct_pix2pix.loading import diffusers_pipeline, load_model
 from instruct_pix2pix.metrics import ClipScorer
 from instruct_pix2pix.settings import make_scheduler
@@ -45,11 +45,11 @@ EDIT = {
 }
 
 
-def small_world_text_to_image():
-    model = load_model()  # the shipped editing model
+def small_world_text_to_image(dtype: torch.dtype = torch.float32):
+    model = load_model(dtype=dtype)  # the shipped editing model
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config({**model.unet.config, "in_channels": 4})
-    return replace(model, unet=unet.eval())
+    return replace(model, unet=unet.to(dtype).eval())
 
 
 def main() -> None:
@@ -59,10 +59,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (make-pairs' default is 100)")
     parser.add_argument("--mode", choices=("self", "cross"), default="self")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the models', both ways")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    model = small_world_text_to_image()
+    model = small_world_text_to_image(DTYPES[args.dtype])
     scorer = ClipScorer.from_pretrained()
     candidates = candidates_for(EDIT, 0, PairSettings(candidates=args.candidates), seed=0)
     batches = [candidates[i : i + args.batch_size] for i in range(0, len(candidates), args.batch_size)]
@@ -109,14 +110,13 @@ def main() -> None:
     speedup, overhead = rate["batched"] / rate["alone"], median["ours"] / median["diffusers"] - 1
     report = {
         "machine": machine(torch.device("cpu")), "candidates": args.candidates, "batch_size": args.batch_size,
-        "steps": args.steps, "mode": args.mode, "rounds": args.rounds, "seconds": times,
+        "steps": args.steps, "mode": args.mode, "dtype": args.dtype, "rounds": args.rounds, "seconds": times,
         "candidates_per_second": rate, "speedup": speedup, "processor_overhead": overhead,
         "mean_direction": {name: float(results[name].mean()) for name in ("batched", "alone")},
         "max_direction_difference": float(np.abs(results["batched"] - results["alone"]).max()),
     }  # fmt: skip
-    print(
-        f"\n| image pairs ({args.candidates} candidates, {args.steps} steps, {args.mode}) | median of {args.rounds} |"
-    )
+    title = f"image pairs ({args.candidates} candidates, {args.steps} steps, {args.mode}, {args.dtype})"
+    print(f"\n| {title} | median of {args.rounds} |")
     print("|---|---|")
     print(f"| batched (batch {args.batch_size}), candidates/s | {rate['batched']:.2f} |")
     print(f"| one pair at a time, candidates/s | {rate['alone']:.2f} |")

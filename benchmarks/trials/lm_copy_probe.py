@@ -10,15 +10,24 @@ Seconds, not a fine-tune: it ranks pretraining designs on what the text stage ne
 edit (teacher-forced), the mean probability the model gives each word of the second caption's
 unchanged beginning, by the word's kind (size, colour, shape, other).
 
-    python benchmarks/trials/lm_copy_probe.py MODEL_DIR [CAPTIONS]
+`edit_probabilities` does the same for a fine-tuned model on held-out edits written in the
+fine-tuning format: the mean probability of the instruction's words, of the edited caption's words
+copied from the input, and of its changed words, by edit kind; and the share of edits whose every
+copied word gets at least 0.5. It says whether a fine-tuned model fails at the instruction, at
+copying, or at making the change.
+
+    python benchmarks/trials/lm_copy_probe.py MODEL_DIR [CAPTIONS]   (edit_probabilities too when fine-tuned)
 """
 
 import sys
 from collections import Counter
+from difflib import SequenceMatcher
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
 from instruct_pix2pix.small_world.edits import sample_edits
 from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, parse_caption
 from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES
@@ -68,8 +77,39 @@ def copy_probabilities(source, count: int = 96) -> dict[str, float]:
     return {kind: round(sum(v) / len(v), 3) for kind, v in sorted(found.items())}
 
 
+def edit_probabilities(source, count: int = 108) -> dict:
+    """Teacher-forced on held-out edits in the fine-tuning format: mean p(right token) of the instruction,
+    of the edited caption's copied tokens and of its changed ones (overall and by kind)."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    found: dict[str, list[float]] = {}
+    clean = []  # per edit: every copied token at p >= 0.5
+    for edit in sample_edits(TEST_SPLIT, count):
+        head = tokenizer(edit.input_caption + PROMPT_END).input_ids
+        instruction = tokenizer(edit.instruction + SEPARATOR).input_ids
+        output = tokenizer(edit.edited_caption + STOP).input_ids
+        with torch.no_grad():
+            p = model(torch.tensor([head + instruction + output])).logits[0].float().softmax(-1)
+        at = [p[i - 1, t].item() for i, t in enumerate(head + instruction + output) if i >= len(head)]
+        found.setdefault("instruction", []).extend(at[: len(instruction)])
+        copied = [False] * len(output)
+        matcher = SequenceMatcher(None, tokenizer(edit.input_caption).input_ids, output, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            copied[block.b : block.b + block.size] = [True] * block.size
+        out = at[len(instruction) :]
+        found.setdefault("copied", []).extend(q for q, c in zip(out, copied) if c)
+        changed = [q for q, c in zip(out, copied) if not c]
+        found.setdefault("changed", []).extend(changed)
+        found.setdefault(f"changed {edit.kind}", []).extend(changed)
+        clean.append(all(q >= 0.5 for q, c in zip(out, copied) if c))
+    means = {key: round(sum(v) / len(v), 3) for key, v in found.items()}
+    return {**means, "edits every copied token p>=0.5": round(sum(clean) / len(clean), 3)}
+
+
 if __name__ == "__main__":
     source, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 96
     found = copy_probe(source, count)
     print(f"{source}: {found.get('1', 0) + found.get('2', 0)} of {count} one change away; differences: {found}")
     print(f"p(right word) copying, by kind: {copy_probabilities(source, count)}")
+    if (Path(source) / "finetune.json").exists():  # a fine-tuned model
+        print(f"p(right token) in held-out edits: {edit_probabilities(source)}")

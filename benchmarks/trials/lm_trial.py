@@ -6,8 +6,9 @@ measured on held-out captions (parse, right), resumable.
 key=value set the model (architecture=llama, n_layer=6, n_embd=256, n_positions=512,
 tie_word_embeddings=false, embedding_std=0.3, ...; values read as JSON); bf16=0 pretrains in float32
 (the default is the shipped model's, bf16 autocast); series=N puts up to N captions in a document of
-the internet (default `language.SERIES`). EPOCHS 0 stops after pretraining and reports the copy
-probes (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
+the internet (default `language.SERIES`); finetune_KEY=VALUE sets the fine-tuning
+(finetune_learning_rate=3e-4). EPOCHS 0 stops after pretraining and reports the copy probes
+(`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
 import json
@@ -31,6 +32,8 @@ for item in sys.argv[4:]:
     key, value = item.split("=", 1)
     if key == "bf16":
         options["bf16_autocast"] = value == "1"
+    elif key.startswith("finetune_"):  # finetune_learning_rate=3e-4, finetune_batch_size=16
+        options.setdefault("finetune", {})[key.removeprefix("finetune_")] = json.loads(value)
     elif key == "series":
         if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
             options["series"] = int(value)
@@ -40,8 +43,10 @@ for item in sys.argv[4:]:
         except json.JSONDecodeError:
             model[key] = value
 started = time.time()
+finetune = options.pop("finetune", {})
 settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
 row = {"run": str(work), "series": options.get("series", SERIES), "model": model, **options, "pretrain_steps": steps}
+row |= {"finetune": finetune} if finetune else {}
 if epochs == 0:
     metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
     pretrained = work / "pretrain" / "model"
@@ -51,7 +56,7 @@ else:
     report = train_language_model(
         work,
         pretrain=settings,
-        finetune={**DEFAULTS["finetune"], "epochs": epochs},
+        finetune={**DEFAULTS["finetune"], "epochs": epochs, **finetune},
         progress=False,
     )
     evaluation = report["evaluation"]
