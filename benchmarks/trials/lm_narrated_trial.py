@@ -11,16 +11,17 @@ for this process only).
 
     python benchmarks/trials/lm_narrated_trial.py OUTPUT_DIR PRETRAIN_STEPS [key=value ...]
 
-key=value set the model as in lm_trial.py (n_embd=256, architecture=llama, ...). The result is
-appended to runs/trials/lm-trials.jsonl. Measured: README, 'Making data: the text stage'.
+key=value as in lm_trial.py (n_embd=256, architecture=llama, bf16=0, finetune_learning_rate=3e-3,
+...). The result is appended to runs/trials/lm-trials.jsonl. Measured: README, 'Making data: the text stage'.
 """
 
-import json
 import re
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from lm_trial import parse_options, record, summary
 
 from instruct_pix2pix.small_world import language
 from instruct_pix2pix.small_world.edits import EDIT_FUNCTIONS, KINDS, edit_rng, vocabulary
@@ -73,25 +74,11 @@ def narrated_document(index: int, series: int = language.SERIES) -> str:
 
 if __name__ == "__main__":
     work, steps = Path(sys.argv[1]), int(sys.argv[2])
-    model = dict(language.MODEL_CONFIG)
-    for item in sys.argv[3:]:
-        key, value = item.split("=", 1)
-        try:
-            model[key] = json.loads(value)
-        except json.JSONDecodeError:
-            model[key] = value
+    model, options, finetune = parse_options(sys.argv[3:])
     language.world_tokenizer, language.internet_document = narrated_tokenizer, narrated_document
     started = time.time()
-    pretrain = {**language.DEFAULTS["pretrain"], "steps": steps, "model_config": model}
-    report = language.train_language_model(work, pretrain=pretrain, progress=False)
-    evaluation = report["evaluation"]
-    row = {
-        "run": str(work), "internet": "narrated", "model": model, "pretrain_steps": steps,
-        "epochs": report["finetune"]["epochs"], "parameters": report["pretrain"]["parameters"],
-        "pretrain_loss": report["pretrain"]["loss"], "parses": evaluation["parses"], "right": evaluation["right"],
-        "reasons": evaluation["reasons"], "right_by_kind": evaluation["right_by_kind"],
-        "wall": round(time.time() - started),
-    }  # fmt: skip
-    print(json.dumps(row))
-    with open("runs/trials/lm-trials.jsonl", "a") as stream:
-        stream.write(json.dumps(row) + "\n")
+    pretrain = {**language.DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
+    report = language.train_language_model(work, pretrain=pretrain, finetune=finetune, progress=False)
+    row = {"run": str(work), "internet": "narrated", "model": model, **options, "pretrain_steps": steps}
+    row |= summary(report, report["finetune"]["epochs"]) | {"right_by_kind": report["evaluation"]["right_by_kind"]}
+    record(row, started)

@@ -26,41 +26,33 @@ from instruct_pix2pix.small_world.language import (
     train_language_model,
 )
 
-work, steps, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-model, options = dict(MODEL_CONFIG), {}
-for item in sys.argv[4:]:
-    key, value = item.split("=", 1)
-    if key == "bf16":
-        options["bf16_autocast"] = value == "1"
-    elif key.startswith("finetune_"):  # finetune_learning_rate=3e-4, finetune_batch_size=16
-        options.setdefault("finetune", {})[key.removeprefix("finetune_")] = json.loads(value)
-    elif key == "series":
-        if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
-            options["series"] = int(value)
-    else:
-        try:
-            model[key] = json.loads(value)  # numbers, true/false
-        except json.JSONDecodeError:
-            model[key] = value
-started = time.time()
-finetune = options.pop("finetune", {})
-settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
-row = {"run": str(work), "series": options.get("series", SERIES), "model": model, **options, "pretrain_steps": steps}
-row |= {"finetune": finetune} if finetune else {}
-if epochs == 0:
-    metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
-    pretrained = work / "pretrain" / "model"
-    row |= {"pretrain_loss": metrics["loss"], "copy_probe": copy_probe(pretrained),
-            "copy_probabilities": copy_probabilities(pretrained)}  # fmt: skip
-else:
-    report = train_language_model(
-        work,
-        pretrain=settings,
-        finetune={**DEFAULTS["finetune"], "epochs": epochs, **finetune},
-        progress=False,
-    )
+TRIALS = Path("runs/trials/lm-trials.jsonl")
+
+
+def parse_options(items: list[str]) -> tuple[dict, dict, dict]:
+    """key=value arguments -> (model config, pretraining options, fine-tuning options)."""
+    model, pretrain, finetune = dict(MODEL_CONFIG), {}, {}
+    for item in items:
+        key, value = item.split("=", 1)
+        if key == "bf16":
+            pretrain["bf16_autocast"] = value == "1"
+        elif key.startswith("finetune_"):  # finetune_learning_rate=3e-4, finetune_batch_size=16
+            finetune[key.removeprefix("finetune_")] = json.loads(value)
+        elif key == "series":
+            if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
+                pretrain["series"] = int(value)
+        else:
+            try:
+                model[key] = json.loads(value)  # numbers, true/false
+            except json.JSONDecodeError:
+                model[key] = value
+    return model, pretrain, finetune
+
+
+def summary(report: dict, epochs: int) -> dict:
+    """The trial row's measurements of a pretrained, fine-tuned and evaluated model."""
     evaluation = report["evaluation"]
-    row |= {
+    return {
         "epochs": epochs,
         "parameters": report["pretrain"]["parameters"],
         "pretrain_loss": report["pretrain"]["loss"],
@@ -68,7 +60,29 @@ else:
         "right": evaluation["right"],
         "reasons": evaluation["reasons"],
     }
-row["wall"] = round(time.time() - started)
-print(json.dumps(row), flush=True)
-with open("runs/trials/lm-trials.jsonl", "a") as f:
-    f.write(json.dumps(row) + "\n")
+
+
+def record(row: dict, started: float) -> None:
+    """Print the trial's row, with its wall time, and append it to TRIALS."""
+    row["wall"] = round(time.time() - started)
+    print(json.dumps(row), flush=True)
+    with TRIALS.open("a") as stream:
+        stream.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    work, steps, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    model, options, finetune = parse_options(sys.argv[4:])
+    started = time.time()
+    settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
+    row = {"run": str(work), "series": options.get("series", SERIES), "model": model, **options}
+    row |= {"pretrain_steps": steps} | ({"finetune": finetune} if finetune else {})
+    if epochs == 0:
+        metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
+        pretrained = work / "pretrain" / "model"
+        row |= {"pretrain_loss": metrics["loss"], "copy_probe": copy_probe(pretrained),
+                "copy_probabilities": copy_probabilities(pretrained)}  # fmt: skip
+    else:
+        finetune = {**DEFAULTS["finetune"], "epochs": epochs, **finetune}
+        row |= summary(train_language_model(work, pretrain=settings, finetune=finetune, progress=False), epochs)
+    record(row, started)
