@@ -32,7 +32,7 @@ from instruct_pix2pix.training.loop import parameter_groups
 
 def test_every_world_word_is_one_token():
     tokenizer = world_tokenizer()
-    for word in vocabulary() + ["##", "%%", "END"]:
+    for word in vocabulary() + ["##", "%%", "END", "disappeared", "shrank"]:  # the narrations' words too
         assert len(tokenizer(" " + word).input_ids) == 1, word
         assert len(tokenizer(word).input_ids) == 1, word
     text = completion("make the red circle blue", "a small blue circle at the top on a white background")
@@ -74,8 +74,12 @@ def test_the_grammar_catches_wrong_triples():
 
 def test_the_internet_and_the_triples_are_fixed_and_disjoint_from_the_test_captions():
     assert internet_document(5) == internet_document(5) and internet_document(5) != internet_document(6)
-    lines = internet_document(5).split("\n")
-    assert all(parse_caption(line) is not None for line in lines)
+    for index in range(20):  # captions, each the one before with one thing changed, and a line between that says what
+        lines = internet_document(index).split("\n")
+        scenes, narrations = [parse_caption(line) for line in lines[::2]], lines[1::2]
+        assert len(lines) % 2 == 1 and None not in scenes and all(parse_caption(line) is None for line in narrations)
+        assert all(a != b for a, b in zip(scenes, scenes[1:]))
+        assert all(line.startswith(("then ", "after that ")) for line in narrations)
     triples = world_triples(45)
     assert triples == world_triples(45)
     assert {t["input"] for t in triples}.isdisjoint(held_out_captions(100))
@@ -165,7 +169,7 @@ def test_the_shipped_language_model_writes_triples_of_the_world():
     sampler cannot pass."""
     measured = json.loads((DEFAULT_LANGUAGE_MODEL / "report.json").read_text())["evaluation"]
     report = evaluate_language_model(DEFAULT_LANGUAGE_MODEL, count=48, device="cpu")
-    assert report["parses"] >= measured["parses"] - 0.1  # measured 37 of these 48 (76.5% of 200)
+    assert report["parses"] >= measured["parses"] - 0.1  # measured 41 of these 48 (81% of 200)
     assert sum(share > 0 for share in report["kinds"].values()) >= 7  # not one memorised instruction
     assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 6
-    assert report["right"] * 48 >= 9  # measured 14 of these 48 (27.5% of 200; the model shipped before: 2)
+    assert report["right"] * 48 >= 11  # measured 16 of these 48 (30% of 200; before the narrated internet: 14)

@@ -1,14 +1,15 @@
 """Probe: has a pretrained world language model learnt to copy a caption with one change?
 
 Its internet (`language.internet_document`) is series of captions, each picture the one before with
-one thing changed, so a model that learnt it continues a held-out caption with a caption one change
-away. Counts, over held-out captions, how many objects differ between the caption and the line the
-model writes after it (0: copied unchanged; 1-2: one change; "unparsed": not a world caption).
+one thing changed and a line between that tells the change, so a model that learnt it continues a
+held-out caption with such a line and a caption one change away. Counts, over held-out captions, how
+many objects differ between the caption and the caption the model writes after the line (0: copied
+unchanged; 1-2: one change; "unparsed": not a world caption).
 Seconds, not a fine-tune: it ranks pretraining designs on what the text stage needs most.
 
-`copy_probabilities` says where copying fails: given a held-out caption and the caption after one
-edit (teacher-forced), the mean probability the model gives each word of the second caption's
-unchanged beginning, by the word's kind (size, colour, shape, other).
+`copy_probabilities` says where copying fails: given a held-out caption, the line that tells a change
+and the caption after it (teacher-forced), the mean probability the model gives each word of the
+second caption's unchanged beginning, by the word's kind (size, colour, shape, other).
 
 `edit_probabilities` does the same for a fine-tuned model on held-out edits written in the
 fine-tuning format: the mean probability of the instruction's words, of the edited caption's words
@@ -28,9 +29,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
-from instruct_pix2pix.small_world.edits import sample_edits
-from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, parse_caption
-from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES
+from instruct_pix2pix.small_world.edits import KINDS, edit_rng, sample_edits
+from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, narrated_change, parse_caption
+from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES, caption, sample_scene
 
 
 def copy_probe(source, count: int = 96) -> dict[str, int]:
@@ -45,10 +46,11 @@ def copy_probe(source, count: int = 96) -> dict[str, int]:
         chunk = captions[start : start + 32]
         batch = tokenizer([text + "\n" for text in chunk], return_tensors="pt", padding=True)
         with torch.no_grad():
-            sampling = {"do_sample": True, "temperature": 0.7, "top_k": 0, "max_new_tokens": 80}
+            sampling = {"do_sample": True, "temperature": 0.7, "top_k": 0, "max_new_tokens": 100}
             output = model.generate(**batch, **sampling, pad_token_id=tokenizer.pad_token_id)
         for text, tokens in zip(chunk, output):
-            written = tokenizer.decode(tokens[batch.input_ids.shape[1] :], skip_special_tokens=True).split("\n")[0]
+            lines = tokenizer.decode(tokens[batch.input_ids.shape[1] :], skip_special_tokens=True).split("\n")
+            written = lines[1] if len(lines) > 1 else ""  # the caption after the line that tells the change
             before, after = parse_caption(text), parse_caption(written)
             if after is None:
                 differences["unparsed"] += 1
@@ -65,8 +67,15 @@ def copy_probabilities(source, count: int = 96) -> dict[str, float]:
     model = AutoModelForCausalLM.from_pretrained(source).eval()
     kinds = {word: kind for kind, words in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES)) for word in words}
     found: dict[str, list[float]] = {}
-    for edit in sample_edits(TEST_SPLIT, count):
-        first, second = tokenizer(edit.input_caption + "\n").input_ids, tokenizer(edit.edited_caption).input_ids
+    for index in range(count):
+        rng = edit_rng(TEST_SPLIT, index)
+        scene = sample_scene(rng)
+        change = narrated_change(scene, KINDS[index % len(KINDS)], rng)
+        if change is None:  # it does not apply to this scene
+            continue
+        narration, after = change
+        first = tokenizer(caption(scene) + "\n" + narration + "\n").input_ids
+        second = tokenizer(caption(after)).input_ids
         same = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
         ids = torch.tensor([first + second])
         with torch.no_grad():

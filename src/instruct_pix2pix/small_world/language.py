@@ -1,8 +1,9 @@
 """The small world's language model (its GPT-3) and the grammar that checks what it writes.
 
 Made the way the paper's was: a small GPT-2 (transformers, a tokenizer built from the world's
-words) is pretrained on the world's captions, its internet, then fine-tuned on 700 small-world
-triples written with the training phrasings only, by the same `finetune_lm` any user runs.
+words) is pretrained on the world's text, its internet (series of captions and lines that tell their
+changes), then fine-tuned on 700 small-world triples written with the training phrasings only, by the
+same `finetune_lm` any user runs.
 
 The world has a grammar, so a triple the model writes can be checked exactly: `parse_caption`
 reads the input caption back into a scene, `parse_instruction` finds the phrasing and the words of
@@ -13,6 +14,7 @@ caption. `evaluate_language_model` measures a model that way on captions of held
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections import Counter
@@ -28,11 +30,11 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import (
     BACKGROUND_WORDS,
     DIRECTIONS,
+    EDIT_FUNCTIONS,
     KINDS,
     NUMBERS,
     PHRASINGS,
     edit_rng,
-    make_edit,
     sample_edits,
     vocabulary,
 )
@@ -69,30 +71,63 @@ DEFAULTS = {
 # --- the world's text ------------------------------------------------------------------------------
 
 
+# Kind -> variant -> statements of a change, in words of their own (never an instruction's phrasing);
+# the slots are the edit functions' words.
+NARRATIONS = {
+    "recolor": {"": ["then {obj} turned {colour}", "after that {obj} was {colour}"]},
+    "reshape": {"": ["then {obj} became a {shape}", "after that {obj} was a {colour} {shape}"]},
+    "add": {"": ["then {thing} appeared {where}", "after that there was {thing} {where}"]},
+    "remove": {"": ["then {obj} disappeared", "after that {obj} was gone"]},
+    "resize": {"bigger": ["then {obj} grew", "after that {obj} was large"],
+               "smaller": ["then {obj} shrank", "after that {obj} was small"]},
+    "move": {"": ["then {obj} went {direction}", "after that {obj} was one cell further {direction}"]},
+    "background": {"plain": ["then the background turned {background}", "after that the background was {background}"],
+                   "scenery": ["then the scene went to {background}", "after that everything was on {background}"]},
+    "global": {"night": ["then night fell", "after that it was night"],
+               "day": ["then day came", "after that it was day"],
+               "black_and_white": ["then the colors faded", "after that it was black and white"]},
+    "count": {"": ["then {number} {size} {colour} {shapes} appeared",
+                   "after that there were {number} more {size} {colour} {shapes}"]},
+}  # fmt: skip
+
+
 def world_tokenizer():
-    """GPT-2's byte-level BPE, with one token for each word of the world and of the text stage's format."""
+    """GPT-2's byte-level BPE, with one token for each word of the world, of its internet's narrations
+    and of the text stage's format."""
     from instruct_pix2pix.tokenizers import build_gpt2_tokenizer
 
+    statements = [s for variants in NARRATIONS.values() for options in variants.values() for s in options]
+    narration = sorted({w for s in statements for w in re.sub(r"\{\w+\}", " ", s).split()} - set(vocabulary()))
     markers = [PROMPT_END.strip(), SEPARATOR.strip(), STOP.strip()]
-    return build_gpt2_tokenizer(vocabulary() + markers, model_max_length=MODEL_CONFIG["n_positions"])
+    return build_gpt2_tokenizer(vocabulary() + narration + markers, model_max_length=MODEL_CONFIG["n_positions"])
+
+
+def narrated_change(scene: Scene, kind: str, rng: random.Random) -> tuple[str, Scene] | None:
+    """One change of `kind` to `scene` and the line that tells it (`NARRATIONS`); None if it does not apply."""
+    change = EDIT_FUNCTIONS[kind](scene, rng)
+    if change is None:
+        return None
+    after, words, variant = change
+    return rng.choice(NARRATIONS[kind][variant]).format(**words), after
 
 
 def internet_document(index: int, series: int = SERIES) -> str:
-    """Document `index` of the world's internet: a series of pictures' captions, one a line, each
-    picture the one before with one thing changed (as albums and photo series are). Its text has no
-    instructions; what it teaches is the captions' grammar, and that a caption can be copied with a
-    change, which a language model knows from real text before it is fine-tuned."""
+    """Document `index` of the world's internet: a series of pictures' captions, each picture the one
+    before with one thing changed (as albums and photo series are), and between two captions a line
+    that tells the change (as real text says what happened). Its text has no instructions; what it
+    teaches is the captions' grammar, that a caption can be copied with a change, and which change a
+    sentence means, which a language model knows from real text before it is fine-tuned."""
     rng = edit_rng(PRETRAIN_SPLIT, index)
     scene = sample_scene(rng)
     if rng.random() < BLACK_AND_WHITE_PROBABILITY:
         scene = replace(scene, black_and_white=True)
-    captions = [caption(scene)]
+    lines = [caption(scene)]
     for _ in range(rng.randint(1, series - 1)):
-        edit = make_edit(scene, rng.choice(KINDS), rng)
-        if edit is not None:
-            scene = edit.after
-            captions.append(caption(scene))
-    return "\n".join(captions)
+        change = narrated_change(scene, rng.choice(KINDS), rng)
+        if change is not None:
+            narration, scene = change
+            lines += [narration, caption(scene)]
+    return "\n".join(lines)
 
 
 def world_triples(count: int = TRIPLES, split: str = TRIPLES_SPLIT) -> list[Triple]:
@@ -340,6 +375,7 @@ def pretrain_language_model(
         "learning_rate": learning_rate,
         "seed": seed,
         "model_config": settings,
+        "internet": "narrated",  # so a checkpoint of the internet without narration lines does not resume
         **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
         **({"series": series} if series != SERIES else {}),  # the same
     }
