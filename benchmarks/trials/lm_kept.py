@@ -9,7 +9,6 @@ outputs (`ip2p world evaluate-lm`).
 Measured: README, 'Making data: the text stage' (what the text stage keeps).
 """
 
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 from instruct_pix2pix.data.captions import Caption
 from instruct_pix2pix.data.edit_text import write_edits
 from instruct_pix2pix.data.language_model import LocalLM
-from instruct_pix2pix.data.triples import completion
+from instruct_pix2pix.data.triples import completion, read_triples
 from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL, check_completion, held_out_captions
 
 source = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_LANGUAGE_MODEL
@@ -27,7 +26,7 @@ with tempfile.TemporaryDirectory() as folder:
     output = Path(folder) / "edits.jsonl"
     captions = [Caption(c) for c in held_out_captions(count)]
     stats = write_edits(captions, output, LocalLM(source, device="cpu"), progress=False)
-    kept = [json.loads(line) for line in output.read_text().splitlines()]
+    kept = read_triples(output)
 checks = [check_completion(row["input"], completion(row["edit"], row["output"])) for row in kept]
 right = sum(c.right for c in checks)
 wrong = Counter(c.reason for c in checks if not c.right)

@@ -20,6 +20,7 @@ from lm_copy_probe import copy_probabilities, copy_probe
 
 from instruct_pix2pix.small_world.language import (
     DEFAULTS,
+    INTERNET,
     MODEL_CONFIG,
     SERIES,
     pretrain_language_model,
@@ -75,7 +76,7 @@ if __name__ == "__main__":
     model, options, finetune = parse_options(sys.argv[4:])
     started = time.time()
     settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
-    row = {"run": str(work), "internet": "narrated", "series": options.get("series", SERIES), "model": model, **options}
+    row = {"run": str(work), "internet": INTERNET, "series": options.get("series", SERIES), "model": model, **options}
     row |= {"pretrain_steps": steps} | ({"finetune": finetune} if finetune else {})
     if epochs == 0:
         metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)

@@ -55,6 +55,7 @@ PRETRAIN_SPLIT, TRIPLES_SPLIT, TEST_SPLIT = "lm-pretrain", "lm-triples", "lm-tes
 TRIPLES = 700  # as many as the paper's human-written ones
 BLACK_AND_WHITE_PROBABILITY = 0.1  # the internet has some black-and-white pictures too
 SERIES = 3  # at most this many pictures in a document
+INTERNET = "narrated"  # which internet pretraining reads, recorded with every run (`internet_document`)
 # Token embeddings start 5x wider than GPT-2's 0.02: nothing within one caption tells the four shapes
 # (or the two sizes) apart, so from GPT-2's start their embeddings stay all but equal (cosine 0.99)
 # and the model never learns to copy them from one caption to the next (README, 'the text stage').
@@ -375,7 +376,7 @@ def pretrain_language_model(
         "learning_rate": learning_rate,
         "seed": seed,
         "model_config": settings,
-        "internet": "narrated",  # so a checkpoint of the internet without narration lines does not resume
+        "internet": INTERNET,  # so a checkpoint of the internet without narration lines does not resume
         **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
         **({"series": series} if series != SERIES else {}),  # the same
     }
