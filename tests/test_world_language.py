@@ -26,7 +26,7 @@ from instruct_pix2pix.small_world.language import (
     world_tokenizer,
     world_triples,
 )
-from instruct_pix2pix.small_world.scenes import BACKGROUND_PHRASES, CELL_PHRASES, caption
+from instruct_pix2pix.small_world.scenes import caption
 from instruct_pix2pix.training.loop import parameter_groups
 
 
@@ -37,20 +37,6 @@ def test_every_world_word_is_one_token():
         assert len(tokenizer(word).input_ids) == 1, word
     text = completion("make the red circle blue", "a small blue circle at the top on a white background")
     assert tokenizer.decode(tokenizer(text).input_ids) == text
-
-
-def test_phrase_tokens_make_each_fixed_phrase_one_token_and_round_trip():
-    words, phrases = world_tokenizer(), world_tokenizer(phrases=True)
-    for phrase in [*CELL_PHRASES.values(), *BACKGROUND_PHRASES.values(), "at night"]:
-        assert len(phrases(" " + phrase).input_ids) == 1, phrase
-    # the longest phrase wins: "at the top left" is one token, not "at the top" and "left"
-    assert phrases.convert_ids_to_tokens(phrases(" at the top left").input_ids) == [" at the top left"]
-    for index in range(20):
-        text = internet_document(index)
-        ids = phrases(text).input_ids
-        assert phrases.decode(ids) == text and len(ids) < 0.8 * len(words(text).input_ids)
-    instruction = "move the red circle on the left to the top right"  # instructions keep their words
-    assert phrases.decode(phrases(instruction).input_ids) == instruction
 
 
 @pytest.mark.parametrize("held_out", [False, True])

@@ -6,8 +6,7 @@ measured on held-out captions (parse, right), resumable.
 key=value set the model (architecture=llama, n_layer=6, n_embd=256, n_positions=512,
 tie_word_embeddings=false, embedding_std=0.3, ...; values read as JSON); bf16=0 pretrains in float32
 (the default is the shipped model's, bf16 autocast); series=N puts up to N captions in a document of
-the internet (default `language.SERIES`); phrases=1 gives the tokenizer one token for each of the
-captions' fixed phrases (`language.world_tokenizer`); finetune_KEY=VALUE sets the fine-tuning
+the internet (default `language.SERIES`); finetune_KEY=VALUE sets the fine-tuning
 (finetune_learning_rate=3e-4). EPOCHS 0 stops after pretraining and reports the copy probes
 (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
@@ -40,8 +39,6 @@ def parse_options(items: list[str]) -> tuple[dict, dict, dict]:
             pretrain["bf16_autocast"] = value == "1"
         elif key.startswith("finetune_"):  # finetune_learning_rate=3e-4, finetune_batch_size=16
             finetune[key.removeprefix("finetune_")] = json.loads(value)
-        elif key == "phrases":
-            pretrain["phrase_tokens"] = value == "1"
         elif key == "series":
             if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
                 pretrain["series"] = int(value)

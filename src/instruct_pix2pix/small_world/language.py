@@ -92,22 +92,15 @@ NARRATIONS = {
 }  # fmt: skip
 
 
-def world_tokenizer(phrases: bool = False):
+def world_tokenizer():
     """GPT-2's byte-level BPE, with one token for each word of the world, of its internet's narrations
-    and of the text stage's format; with `phrases`, also one for each of the captions' fixed phrases
-    (where a thing is, the background, "at night"), as BPE learnt on such text would merge them."""
-    from tokenizers import AddedToken
-
+    and of the text stage's format."""
     from instruct_pix2pix.tokenizers import build_gpt2_tokenizer
 
     statements = [s for variants in NARRATIONS.values() for options in variants.values() for s in options]
     narration = sorted({w for s in statements for w in re.sub(r"\{\w+\}", " ", s).split()} - set(vocabulary()))
     markers = [PROMPT_END.strip(), SEPARATOR.strip(), STOP.strip()]
-    tokenizer = build_gpt2_tokenizer(vocabulary() + narration + markers, model_max_length=MODEL_CONFIG["n_positions"])
-    if phrases:  # matched whole in the text, longest first ("at the top left" before "at the top")
-        fixed = [*CELL_PHRASES.values(), *BACKGROUND_PHRASES.values(), "at night"]
-        tokenizer.add_tokens([AddedToken(" " + phrase, normalized=False) for phrase in fixed])
-    return tokenizer
+    return build_gpt2_tokenizer(vocabulary() + narration + markers, model_max_length=MODEL_CONFIG["n_positions"])
 
 
 def narrated_change(scene: Scene, kind: str, rng: random.Random) -> tuple[str, Scene] | None:
@@ -364,16 +357,15 @@ def pretrain_language_model(
     model_config: dict | None = None,
     bf16_autocast: bool = False,
     series: int = SERIES,
-    phrase_tokens: bool = False,
 ) -> dict:
     """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the
     metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32); `series`: at
-    most this many captions a document; `phrase_tokens`: the tokenizer's `phrases`."""
+    most this many captions a document."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
     output_dir = Path(output_dir)
-    tokenizer = world_tokenizer(phrase_tokens)
+    tokenizer = world_tokenizer()
     settings = {**MODEL_CONFIG, **(model_config or {})}
     torch.manual_seed(seed)
     model = new_language_model(tokenizer, settings)  # a bad architecture is refused before anything is written
@@ -387,7 +379,6 @@ def pretrain_language_model(
         "internet": INTERNET,  # so a checkpoint of the internet without narration lines does not resume
         **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
         **({"series": series} if series != SERIES else {}),  # the same
-        **({"phrase_tokens": True} if phrase_tokens else {}),  # the same
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
