@@ -9,6 +9,12 @@ Training time is steps times the run's step time on a quiet machine, the 10th pe
 step times (metrics.jsonl: batch / samples_per_s), so pauses, evaluations and steps slowed by other
 work on the machine do not count; a fine-tuned run's start model adds its own run's time (a cool-down's
 start, an editor trial, its steps up to its last evaluated segment and that run's own start).
+
+The points drawn are kept in docs/small-world/editor-curves.json (label -> [steps, hours, success
+at text guidance 1.5, at 7.5 (null: not measured)]), so a figure redrawn where some runs no longer
+exist keeps their curves: points computed from the runs at hand replace the stored ones of the same
+run, the rest are drawn as stored. (The first six curves were stored from the README's table of
+them: hours at each arm's quiet step time, 0.60 s with the text encoder trained, 0.47 s frozen.)
 """
 
 import functools
@@ -20,6 +26,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 TRIALS = Path("runs/trials/editor-trials.jsonl")
+POINTS = Path("docs/small-world/editor-curves.json")
+KEYS = ("success_text_1.5", "success")  # text guidance 1.5 (the shipped model's), 7.5 (the world's default)
 
 
 @functools.cache
@@ -53,32 +61,41 @@ def start_of(row: dict, rows: list[dict]) -> tuple[int, float]:
     return steps + last["steps"], spent + hours(run, last["steps"])
 
 
-def curves(names: list[str], key: str) -> dict[str, list[tuple[int, float, float]]]:
-    """run -> [(editor steps, hours including the start model's, success over every kind)], by steps;
-    `key` names the success measured ("success": text guidance 7.5, "success_text_1.5": 1.5). A run
-    that continues another editor (a cool-down) counts from where that one stopped."""
-    rows = [json.loads(line) for line in TRIALS.read_text().splitlines()]
-    found: dict[str, list[tuple[int, float, float]]] = {}
+def curves(names: list[str]) -> dict[str, list[list[float]]]:
+    """run -> [[editor steps, hours including the start model's, success at text guidance 1.5, at 7.5]]
+    over every kind, by steps, from the trial rows whose run folders are at hand. A run that continues
+    another editor (a cool-down) counts from where that one stopped."""
+    rows = [json.loads(line) for line in TRIALS.read_text().splitlines()] if TRIALS.exists() else []
+    found: dict[str, list[list[float]]] = {}
     for row in rows:
-        if (names and row["run"] not in names) or key not in row:
+        if (names and row["run"] not in names) or not all(key in row for key in KEYS):
             continue
-        steps, spent = start_of(row, rows)
+        try:
+            steps, spent = start_of(row, rows)
+            spent += hours(Path(row["run"]), row["steps"])
+        except FileNotFoundError:  # the run's folder is gone: its stored points stand
+            continue
         origin = Path(row["start"]).parent.name if steps else "scratch" if spent == 0 else "text to image"
         label = f"{Path(row['run']).name} (from {origin})"
-        found.setdefault(label, []).append((steps + row["steps"], spent + hours(Path(row["run"]), row["steps"]),
-                                            row[key]["all"]))  # fmt: skip
+        found.setdefault(label, []).append([steps + row["steps"], round(spent, 3), *(row[k]["all"] for k in KEYS)])
     return {label: sorted(points) for label, points in found.items()}
 
 
 def main() -> None:
     output, names = Path(sys.argv[1]), sys.argv[2:]
+    stored = json.loads(POINTS.read_text()) if POINTS.exists() else {}
+    points = {**stored, **curves(names)}
+    POINTS.write_text(json.dumps(points, indent=1) + "\n")
     figure = Figure(figsize=(11, 8), layout="constrained")
     panels = figure.subplots(2, 2, sharex="col")
-    for (by_steps, by_hours), (key, text) in zip(panels, [("success_text_1.5", 1.5), ("success", 7.5)]):
-        for label, points in curves(names, key).items():
-            steps, spent, success = zip(*points)
-            by_steps.plot(steps, [100 * s for s in success], marker="o", label=label)
-            by_hours.plot(spent, [100 * s for s in success], marker="o", label=label)
+    for column, ((by_steps, by_hours), text) in enumerate(zip(panels, (1.5, 7.5))):
+        for label, curve in points.items():
+            if names and label.split(" (")[0] not in {Path(name).name for name in names}:
+                continue
+            curve = [p for p in curve if p[2 + column] is not None]  # not measured at this guidance
+            steps, spent, success = [p[0] for p in curve], [p[1] for p in curve], [100 * p[2 + column] for p in curve]
+            by_steps.plot(steps, success, marker="o", label=label)
+            by_hours.plot(spent, success, marker="o", label=label)
         by_steps.set(ylabel=f"edits right (%, 10 a kind)\ntext guidance {text}, image 1.5")
         for axis in (by_steps, by_hours):
             axis.set(xlim=(0, None), ylim=(0, 100))
@@ -89,7 +106,7 @@ def main() -> None:
     figure.suptitle("The small world's editor, fine-tuned from its text-to-image model or from scratch "
                     "(held-out scenes, training wording)")  # fmt: skip
     figure.savefig(output, dpi=110)
-    print(f"written: {output}")
+    print(f"written: {output} and {POINTS}")
 
 
 main()
