@@ -56,11 +56,20 @@ TRIPLES = 700  # as many as the paper's human-written ones
 BLACK_AND_WHITE_PROBABILITY = 0.1  # the internet has some black-and-white pictures too
 SERIES = 3  # at most this many pictures in a document
 INTERNET = "narrated"  # which internet pretraining reads, recorded with every run (`internet_document`)
-# Token embeddings start 5x wider than GPT-2's 0.02: nothing within one caption tells the four shapes
-# (or the two sizes) apart, so from GPT-2's start their embeddings stay all but equal (cosine 0.99)
-# and the model never learns to copy them from one caption to the next (README, 'the text stage').
-MODEL_CONFIG = {"n_positions": 256, "n_embd": 256, "n_layer": 4, "n_head": 4, "embedding_std": 0.1}
-# The shipped model's settings. Fine-tuning runs 30 epochs, not the paper's one: a model of 3.4M
+# A Llama (rotary positions): on the narrated internet it copies a caption far better than a GPT-2
+# (learnt positions) three times its size (README, 'the text stage'). Token embeddings start 5x wider
+# than the architectures' 0.02: nothing within one caption tells the four shapes (or the two sizes)
+# apart, so from that start their embeddings stay all but equal (cosine 0.99) and the model never
+# learns to copy them from one caption to the next.
+MODEL_CONFIG = {
+    "architecture": "llama",
+    "n_positions": 256,
+    "n_embd": 128,
+    "n_layer": 4,
+    "n_head": 4,
+    "embedding_std": 0.1,
+}
+# The shipped model's settings. Fine-tuning runs 30 epochs, not the paper's one: a model of 1.1M
 # parameters does not pick up the format in one (the runs behind this choice: README, 'Making data:
 # the text stage').
 DEFAULTS = {

@@ -170,7 +170,7 @@ def package(trained: Path, clip_dir: Path, text_to_image: Path | None = None, ou
 
 
 def package_language_model(trained: Path, output: Path | None = None) -> None:
-    """The world's language model into the package (float32: 14 MB), with its measurements."""
+    """The world's language model into the package (float32: 4.6 MB), with its measurements."""
     from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
 
     with atomic_folder(output or DEFAULT_LANGUAGE_MODEL) as folder:
