@@ -72,12 +72,13 @@ def curves(names: list[str]) -> dict[str, list[list[float]]]:
             continue
         try:
             steps, spent = start_of(row, rows)
-            spent += hours(Path(row["run"]), row["steps"])
+            own = hours(Path(row["run"]), row["steps"])
         except FileNotFoundError:  # the run's folder is gone: its stored points stand
             continue
         origin = Path(row["start"]).parent.name if steps else "scratch" if spent == 0 else "text to image"
         label = f"{Path(row['run']).name} (from {origin})"
-        found.setdefault(label, []).append([steps + row["steps"], round(spent, 3), *(row[k]["all"] for k in KEYS)])
+        success = [row[key]["all"] for key in KEYS]
+        found.setdefault(label, []).append([steps + row["steps"], round(spent + own, 3), *success])
     return {label: sorted(points) for label, points in found.items()}
 
 
