@@ -61,14 +61,14 @@ def start_of(row: dict, rows: list[dict]) -> tuple[int, float]:
     return steps + last["steps"], spent + hours(run, last["steps"])
 
 
-def curves(names: list[str]) -> dict[str, list[list[float]]]:
+def curves() -> dict[str, list[list[float]]]:
     """run -> [[editor steps, hours including the start model's, success at text guidance 1.5, at 7.5]]
     over every kind, by steps, from the trial rows whose run folders are at hand. A run that continues
     another editor (a cool-down) counts from where that one stopped."""
     rows = [json.loads(line) for line in TRIALS.read_text().splitlines()] if TRIALS.exists() else []
     found: dict[str, list[list[float]]] = {}
     for row in rows:
-        if (names and row["run"] not in names) or not all(key in row for key in KEYS):
+        if not all(key in row for key in KEYS):
             continue
         try:
             steps, spent = start_of(row, rows)
@@ -85,7 +85,7 @@ def curves(names: list[str]) -> dict[str, list[list[float]]]:
 def main() -> None:
     output, names = Path(sys.argv[1]), sys.argv[2:]
     stored = json.loads(POINTS.read_text()) if POINTS.exists() else {}
-    points = {**stored, **curves(names)}
+    points = {**stored, **curves()}
     POINTS.write_text(json.dumps(points, indent=1) + "\n")
     figure = Figure(figsize=(11, 8), layout="constrained")
     panels = figure.subplots(2, 2, sharex="col")
