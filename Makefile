@@ -56,7 +56,7 @@ train-default: setup
 
 # The whole paper in the small world: text stage, Prompt-to-Prompt pairs, CLIP filter, editors on
 # generated and on exact pairs, evaluation, report (runs/paper/report.md). T2I=... names the world's
-# text-to-image model until one ships in the package.
+# text-to-image model; without it, the one shipped in the package.
 T2I ?=
 paper: setup
 	$(VENV)/bin/ip2p world paper -o runs/paper $(if $(T2I),--text-to-image "$(T2I)")
