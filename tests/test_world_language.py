@@ -4,6 +4,7 @@ training, and the shipped model's measured quality."""
 from __future__ import annotations
 
 import json
+from itertools import takewhile
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from instruct_pix2pix.small_world.language import (
     world_tokenizer,
     world_triples,
 )
-from instruct_pix2pix.small_world.scenes import caption
+from instruct_pix2pix.small_world.scenes import CELL_PHRASES, caption
 from instruct_pix2pix.training.loop import parameter_groups
 
 
@@ -153,6 +154,24 @@ def test_the_series_length_is_part_of_the_settings(tmp_path):
     assert longer["series"] == 6 and "series" not in pretrain_language_model(tmp_path / "three", **small)
     with pytest.raises(UserError, match="other settings"):  # another internet does not resume this one
         pretrain_language_model(tmp_path / "six", **small)
+
+
+def test_remarks_point_at_objects_of_the_caption_before_them_and_change_nothing_else(tmp_path):
+    for index in range(40):
+        lines, plain = internet_document(index, remarks=2).split("\n"), internet_document(index).split("\n")
+        remarks = [line for line in lines if line.startswith("the ") and parse_caption(line) is None]
+        assert [line for line in lines if line not in remarks] == plain  # the same document around them
+        for at, line in enumerate(lines):
+            scene = parse_caption(line)
+            if scene is not None:  # a caption: up to 2 remarks after it, each one of its objects and its place
+                after = list(takewhile(set(remarks).__contains__, lines[at + 1 :]))
+                assert len(after) == min(2, len(scene.things)) and len(set(after)) == len(after)
+                assert set(after) <= {f"{thing.name} {CELL_PHRASES[thing.cell]}" for thing in scene.things}
+    small = dict(steps=2, batch_size=4, learning_rate=1e-3, progress=False,
+                 model_config={"n_embd": 16, "n_layer": 1, "n_head": 2})  # fmt: skip
+    assert pretrain_language_model(tmp_path / "remarks", **small, remarks=2)["remarks"] == 2
+    with pytest.raises(UserError, match="other settings"):  # the internet without them does not resume it
+        pretrain_language_model(tmp_path / "remarks", **small)
 
 
 def test_an_unknown_architecture_is_one_line_and_writes_nothing(tmp_path):

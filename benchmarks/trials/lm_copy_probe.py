@@ -4,7 +4,10 @@ Its internet (`language.internet_document`) is series of captions, each picture 
 one thing changed and a line between that tells the change, so a model that learnt it continues a
 held-out caption with such a line and a caption one change away. Counts, over held-out captions, how
 many objects differ between the caption and the caption the model writes after the line (0: copied
-unchanged; 1-2: one change; "unparsed": not a world caption).
+unchanged; 1-2: one change; "unparsed": not a world caption), and of the objects the line names ("the
+red circle"; and the remarks before it, with `remarks`), how many the caption has not: a model that
+has not learnt which colour goes with which shape names objects that are not there, the text
+stage's "does not apply".
 Seconds, not a fine-tune: it ranks pretraining designs on what the text stage needs most.
 
 `copy_probabilities` says where copying fails: given a held-out caption, the line that tells a change
@@ -20,9 +23,11 @@ copying, or at making the change.
     python benchmarks/trials/lm_copy_probe.py MODEL_DIR [CAPTIONS]   (edit_probabilities too when fine-tuned)
 """
 
+import re
 import sys
 from collections import Counter
 from difflib import SequenceMatcher
+from itertools import takewhile
 from pathlib import Path
 
 import torch
@@ -31,11 +36,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
 from instruct_pix2pix.small_world.edits import KINDS, edit_rng, sample_edits
 from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, narrated_change, parse_caption
-from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES, caption, sample_scene
+from instruct_pix2pix.small_world.scenes import CELL_PHRASES, COLOURS, SHAPES, SIZES, caption, sample_scene
+
+NAMED = re.compile(rf"the ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
+REMARK = re.compile(rf"{NAMED.pattern} ({'|'.join(CELL_PHRASES.values())})")
 
 
 def copy_probe(source, count: int = 96) -> dict[str, int]:
-    """How many objects differ between each of `count` held-out captions and the model's next line."""
+    """How many objects differ between each of `count` held-out captions and the model's next line;
+    `named` and `named absent`: the objects the line that tells the change names, and those of them
+    the caption does not have."""
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(source).eval()
@@ -50,7 +60,12 @@ def copy_probe(source, count: int = 96) -> dict[str, int]:
             output = model.generate(**batch, **sampling, pad_token_id=tokenizer.pad_token_id)
         for text, tokens in zip(chunk, output):
             lines = tokenizer.decode(tokens[batch.input_ids.shape[1] :], skip_special_tokens=True).split("\n")
+            remarks = list(takewhile(REMARK.fullmatch, lines))  # an internet with remarks: lines that point at objects
+            lines = lines[len(remarks) :]
             written = lines[1] if len(lines) > 1 else ""  # the caption after the line that tells the change
+            named = [" ".join(words) for words in NAMED.findall("\n".join(remarks + lines[:1]))]
+            differences["named"] += len(named)
+            differences["named absent"] += sum(f"{thing} " not in text for thing in named)
             before, after = parse_caption(text), parse_caption(written)
             if after is None:
                 differences["unparsed"] += 1

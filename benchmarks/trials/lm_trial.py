@@ -6,7 +6,8 @@ measured on held-out captions (parse, right), resumable.
 key=value set the model (architecture=llama, n_layer=6, n_embd=256, n_positions=512,
 tie_word_embeddings=false, embedding_std=0.3, ...; values read as JSON); bf16=0 pretrains in float32
 (the default is the shipped model's, bf16 autocast); series=N puts up to N captions in a document of
-the internet (default `language.SERIES`); finetune_KEY=VALUE sets the fine-tuning
+the internet (default `language.SERIES`); remarks=N up to N lines after each caption that point at its
+objects (`language.internet_document`); finetune_KEY=VALUE sets the fine-tuning
 (finetune_learning_rate=3e-4). EPOCHS 0 stops after pretraining and reports the copy probes
 (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
@@ -42,6 +43,8 @@ def parse_options(items: list[str]) -> tuple[dict, dict, dict]:
         elif key == "series":
             if int(value) != SERIES:  # passed only when not the default, as the pretraining records it
                 pretrain["series"] = int(value)
+        elif key == "remarks":
+            pretrain["remarks"] = int(value)
         else:
             try:
                 model[key] = json.loads(value)  # numbers, true/false

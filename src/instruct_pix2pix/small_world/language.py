@@ -121,22 +121,34 @@ def narrated_change(scene: Scene, kind: str, rng: random.Random) -> tuple[str, S
     return rng.choice(NARRATIONS[kind][variant]).format(**words), after
 
 
-def internet_document(index: int, series: int = SERIES) -> str:
+def internet_document(index: int, series: int = SERIES, remarks: int = 0) -> str:
     """Document `index` of the world's internet: a series of pictures' captions, each picture the one
     before with one thing changed (as albums and photo series are), and between two captions a line
     that tells the change (as real text says what happened). Its text has no instructions; what it
     teaches is the captions' grammar, that a caption can be copied with a change, and which change a
-    sentence means, which a language model knows from real text before it is fine-tuned."""
+    sentence means, which a language model knows from real text before it is fine-tuned.
+
+    `remarks` > 0 puts up to that many lines after each caption that point at one of its objects and
+    say where it is ("the yellow circle at the top", as comments and labels on a picture do): text
+    that asks, again and again, which shape has which colour. A model that has not learnt that names
+    objects the scene does not have. Drawn from a generator of their own, so the rest of the document
+    is the same with or without them."""
     rng = edit_rng(PRETRAIN_SPLIT, index)
+    pointing = random.Random(f"remarks/{index}")
+
+    def described(scene: Scene) -> list[str]:
+        things = pointing.sample(scene.things, min(remarks, len(scene.things)))
+        return [caption(scene)] + [f"{thing.name} {CELL_PHRASES[thing.cell]}" for thing in things]
+
     scene = sample_scene(rng)
     if rng.random() < BLACK_AND_WHITE_PROBABILITY:
         scene = replace(scene, black_and_white=True)
-    lines = [caption(scene)]
+    lines = described(scene)
     for _ in range(rng.randint(1, series - 1)):
         change = narrated_change(scene, rng.choice(KINDS), rng)
         if change is not None:
             narration, scene = change
-            lines += [narration, caption(scene)]
+            lines += [narration, *described(scene)]
     return "\n".join(lines)
 
 
@@ -366,10 +378,12 @@ def pretrain_language_model(
     model_config: dict | None = None,
     bf16_autocast: bool = False,
     series: int = SERIES,
+    remarks: int = 0,
 ) -> dict:
     """Pretrain the world's language model on its internet (captions); writes output_dir/model, returns the
     metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32); `series`: at
-    most this many captions a document."""
+    most this many captions a document; `remarks`: lines that point at a caption's objects after it
+    (`internet_document`)."""
     from instruct_pix2pix.data.language_model import pad_batch
     from instruct_pix2pix.training.loop import fit
 
@@ -388,10 +402,11 @@ def pretrain_language_model(
         "internet": INTERNET,  # so a checkpoint of the internet without narration lines does not resume
         **({"bf16_autocast": True} if bf16_autocast else {}),  # absent when off: older checkpoints resume
         **({"series": series} if series != SERIES else {}),  # the same
+        **({"remarks": remarks} if remarks else {}),  # the same
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        texts = [internet_document(step * batch_size + i, series) for i in range(batch_size)]
+        texts = [internet_document(step * batch_size + i, series, remarks) for i in range(batch_size)]
         rows = [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast):
             return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss.float()
