@@ -7,8 +7,8 @@ key=value set the model (architecture=llama, n_layer=6, n_embd=256, n_positions=
 tie_word_embeddings=false, embedding_std=0.3, ...; values read as JSON); bf16=0 pretrains in float32
 (the default is the shipped model's, bf16 autocast); series=N puts up to N captions in a document of
 the internet (default `language.SERIES`); remarks=N up to N lines after each caption that point at its
-objects (`language.internet_document`); finetune_KEY=VALUE sets the fine-tuning
-(finetune_learning_rate=3e-4). EPOCHS 0 stops after pretraining and reports the copy probes
+objects (`language.internet_document`; the shipped model's 2 unless given); finetune_KEY=VALUE sets
+the fine-tuning (finetune_learning_rate=3e-4). EPOCHS 0 stops after pretraining and reports the copy probes
 (`lm_copy_probe.py`) instead. Results are appended to runs/trials/lm-trials.jsonl.
 """
 
@@ -80,6 +80,7 @@ if __name__ == "__main__":
     started = time.time()
     settings = {**DEFAULTS["pretrain"], "steps": steps, "model_config": model, **options}
     row = {"run": str(work), "internet": INTERNET, "series": options.get("series", SERIES), "model": model, **options}
+    row["remarks"] = settings.get("remarks", 0)  # the shipped model's (DEFAULTS) unless remarks=N
     row |= {"pretrain_steps": steps} | ({"finetune": finetune} if finetune else {})
     if epochs == 0:
         metrics = pretrain_language_model(work / "pretrain", progress=False, **settings)
