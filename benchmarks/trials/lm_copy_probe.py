@@ -35,11 +35,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
 from instruct_pix2pix.small_world.edits import KINDS, edit_rng, sample_edits
-from instruct_pix2pix.small_world.language import TEST_SPLIT, held_out_captions, narrated_change, parse_caption
-from instruct_pix2pix.small_world.scenes import CELL_PHRASES, COLOURS, SHAPES, SIZES, caption, sample_scene
+from instruct_pix2pix.small_world.language import (
+    CELL,
+    COLOUR,
+    SHAPE,
+    TEST_SPLIT,
+    held_out_captions,
+    narrated_change,
+    parse_caption,
+)
+from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES, caption, sample_scene
 
-NAMED = re.compile(rf"the ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
-REMARK = re.compile(rf"{NAMED.pattern} ({'|'.join(CELL_PHRASES.values())})")
+NAMED = re.compile(rf"the (?:{COLOUR}) (?:{SHAPE})\b")  # an object as instructions and remarks name it
+REMARK = re.compile(rf"{NAMED.pattern} (?:{CELL})")
 
 
 def copy_probe(source, count: int = 96) -> dict[str, int]:
@@ -63,10 +71,10 @@ def copy_probe(source, count: int = 96) -> dict[str, int]:
             remarks = list(takewhile(REMARK.fullmatch, lines))  # an internet with remarks: lines that point at objects
             lines = lines[len(remarks) :]
             written = lines[1] if len(lines) > 1 else ""  # the caption after the line that tells the change
-            named = [" ".join(words) for words in NAMED.findall("\n".join(remarks + lines[:1]))]
-            differences["named"] += len(named)
-            differences["named absent"] += sum(f"{thing} " not in text for thing in named)
             before, after = parse_caption(text), parse_caption(written)
+            named = NAMED.findall("\n".join(remarks + lines[:1]))
+            differences["named"] += len(named)
+            differences["named absent"] += sum(name not in {thing.name for thing in before.things} for name in named)
             if after is None:
                 differences["unparsed"] += 1
                 continue

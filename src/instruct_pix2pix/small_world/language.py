@@ -168,12 +168,12 @@ def _alternatives(words) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-COLOUR, SHAPE, SIZE = _alternatives(COLOURS), _alternatives(SHAPES), _alternatives(SIZES)
+COLOUR, SHAPE, SIZE, CELL = (_alternatives(words) for words in (COLOURS, SHAPES, SIZES, CELL_PHRASES.values()))
 _CELLS_BY_PHRASE = {phrase: cell for cell, phrase in CELL_PHRASES.items()}
 _BACKGROUND_BY_PHRASE = {phrase: name for name, phrase in BACKGROUND_PHRASES.items()}
 _BACKGROUND_BY_WORDS = {words: name for name, words in BACKGROUND_WORDS.items()}
 _NUMBER_BY_WORD = {word: number for number, word in NUMBERS.items()}
-_THING = re.compile(rf"a ({SIZE}) ({COLOUR}) ({SHAPE}) ({_alternatives(CELL_PHRASES.values())})")
+_THING = re.compile(rf"a ({SIZE}) ({COLOUR}) ({SHAPE}) ({CELL})")
 _BACKGROUND = _alternatives(BACKGROUND_PHRASES.values())
 _CAPTION = re.compile(
     rf"(?P<bw>a black and white picture of )?(?P<objects>.+?) (?P<background>{_BACKGROUND})(?P<night> at night)?"
