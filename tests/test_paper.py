@@ -8,7 +8,7 @@ import json
 import pytest
 
 from instruct_pix2pix.data.image_pairs import ClipFilter
-from instruct_pix2pix.small_world.paper import judge_pairs, pair_report, run_paper
+from instruct_pix2pix.small_world.paper import judge_pairs, pair_report, run_paper, text_stage_right
 from instruct_pix2pix.small_world.scenes import caption, render
 
 
@@ -21,6 +21,17 @@ def test_the_judge_reads_pairs_against_their_captions():
                                           (render(edit.after), render(edit.before))])  # fmt: skip
     assert right == {"first_right": True, "second_right": True, "right": True}
     assert swapped["right"] is False
+
+
+def test_the_text_stage_is_checked_against_the_grammar(tmp_path):
+    from instruct_pix2pix.small_world.edits import sample_edits
+
+    edits = [next(sample_edits("test", 1, kinds=[kind])) for kind in ("recolor", "remove")]
+    triples = [{"input": caption(e.before), "edit": e.instruction, "output": caption(e.after)} for e in edits]
+    triples[1]["output"] = caption(edits[0].after)  # the other edit's result: not what this instruction does
+    path = tmp_path / "edits.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in triples))
+    assert text_stage_right(path) == 0.5
 
 
 def test_the_report_counts_the_filter():
@@ -42,7 +53,11 @@ def test_every_stage_runs_and_a_rerun_goes_on(text_to_image_model_dir, tmp_path)
     candidates = sum(1 for _ in tmp_path.glob("pairs/*/candidates.jsonl"))
     assert report["pairs"]["candidates"] == 2 * candidates and report["pairs"]["kept"] == 2 * candidates
     assert set(report["editors"]) == {"generated", "exact"}
-    assert all(0.0 <= v <= 1.0 for s in report["editors"].values() for v in s.values())
+    assert report["editors"]["generated"]["training examples"] == report["pairs"]["kept"]
+    assert report["editors"]["exact"]["edits"] == report["editors"]["exact"]["training examples"] > 0
+    rates = [v for s in report["editors"].values() for v in (s["training wording"], *s["by kind"].values())]
+    assert len(rates) == 2 * 10 and all(0.0 <= v <= 1.0 for v in rates)
+    assert 0.0 <= report["text_stage"]["right"] <= 1.0
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
     again = run_paper(tmp_path, text_to_image_model_dir, **options)  # everything is there: nothing redone
     assert again == report

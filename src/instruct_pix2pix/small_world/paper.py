@@ -95,6 +95,16 @@ def pair_report(rows: list[dict]) -> dict:
     }
 
 
+def text_stage_right(edits_file: Path) -> float | None:
+    """The share of the text stage's edits that the world's grammar says are right (the instruction,
+    applied to the input caption's scene, gives the edited caption): what both editors learn from."""
+    from instruct_pix2pix.data.triples import completion, read_triples
+    from instruct_pix2pix.small_world.language import check_completion
+
+    checks = [check_completion(e["input"], completion(e["edit"], e["output"])) for e in read_triples(edits_file)]
+    return _share([{"right": c.right} for c in checks])
+
+
 def write_exact_pairs(edits_file: Path, output: Path) -> int:
     """The text stage's edits rendered exactly, where both captions parse (the comparison arm)."""
     from instruct_pix2pix.data.base import EditExample
@@ -184,13 +194,18 @@ def run_paper(
         if not (evaluation / "results.json").exists():
             run_evaluation(Editor.from_pretrained(output / "model", device="cpu"), evaluation, SETTINGS,
                            per_kind=per_kind)  # fmt: skip
-        rows = json.loads((evaluation / "results.json").read_text(encoding="utf-8"))["rows"]
-        editors[name] = {f"{r['phrasing']} wording": r["success"] for r in rows
-                         if r["method"] == "model" and r["kind"] == "all"}  # fmt: skip
+        rows = [r for r in json.loads((evaluation / "results.json").read_text(encoding="utf-8"))["rows"]
+                if r["method"] == "model"]  # fmt: skip
+        editors[name] = {
+            "training examples": sum(1 for _ in Path(data).glob("[0-9]*/*_0.jpg")),
+            "edits": sum(1 for folder in Path(data).glob("[0-9]*") if any(folder.glob("*_0.jpg"))),
+            **{f"{r['phrasing']} wording": r["success"] for r in rows if r["kind"] == "all"},
+            "by kind": {r["kind"]: r["success"] for r in rows if r["phrasing"] == "training" and r["kind"] != "all"},
+        }
 
     report = {
         "captions": len(texts),
-        "text_stage": {"kept": stats["kept"], "skipped": stats["skipped"]},
+        "text_stage": {"kept": stats["kept"], "skipped": stats["skipped"], "right": text_stage_right(edits_file)},
         "pairs": pairs,
         "editors": editors,
         "settings": {"candidates": candidates, "steps": steps, "keep": keep, "editor_steps": editor_steps,
@@ -206,8 +221,12 @@ def _percent(value) -> str:
 
 
 def format_report(report: dict) -> str:
-    p = report["pairs"]
+    kinds = list(dict.fromkeys(k for s in report["editors"].values() for k in s.get("by kind", {})))
+    p, text = report["pairs"], report["text_stage"]
     lines = [
+        f"text stage: {text['kept']} edits written, {text['skipped']} captions skipped; right (the instruction "
+        f"applied to the input scene gives the edited caption) {_percent(text.get('right'))}",
+        "",
         f"pairs: {p['candidates']} candidates, {p['kept']} kept; right before the filter "
         f"{_percent(p['right_before_filter'])} (first image {_percent(p['first_right'])}, second "
         f"{_percent(p['second_right'])}), after it {_percent(p['right_after_filter'])}; right pairs the filter "
@@ -223,9 +242,15 @@ def format_report(report: dict) -> str:
         *(f"| {b['from']:g}-{b['to']:g} | {b['candidates']} | {_percent(b['right'])} | {_percent(b['kept'])} | "
           f"{_percent(b['right_when_kept'])} |" for b in p["by_guidance"]),
         "",
-        "| editor trained on | success, training wording | success, held-out wording |",
-        "|---|---|---|",
-        *(f"| {name} pairs | {_percent(s.get('training wording'))} | {_percent(s.get('held-out wording'))} |"
+        "| editor trained on | edits / pairs | success, training wording | success, held-out wording |",
+        "|---|---|---|---|",
+        *(f"| {name} pairs | {s.get('edits', '-')} / {s.get('training examples', '-')} | "
+          f"{_percent(s.get('training wording'))} | {_percent(s.get('held-out wording'))} |"
+          for name, s in report["editors"].items()),
+        "",
+        "| editor trained on | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+        *(f"| {name} pairs | " + " | ".join(_percent(s["by kind"].get(k)) for k in kinds) + " |"
           for name, s in report["editors"].items()),
     ]  # fmt: skip
     return "\n".join(lines)
