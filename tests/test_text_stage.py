@@ -21,6 +21,7 @@ from instruct_pix2pix.data.language_model import (
     LocalLM,
     Sampling,
     finetune_lm,
+    pad_batch,
     tokenize_triple,
 )
 from instruct_pix2pix.data.triples import (
@@ -36,7 +37,13 @@ from instruct_pix2pix.data.triples import (
     read_triples,
 )
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.small_world.language import held_out_captions, world_tokenizer, world_triples
+from instruct_pix2pix.small_world.language import (
+    Rehearsal,
+    held_out_captions,
+    internet_document,
+    world_tokenizer,
+    world_triples,
+)
 from instruct_pix2pix.tokenizers import build_gpt2_tokenizer
 
 
@@ -192,6 +199,35 @@ def test_finetune_trains_resumes_exactly_and_writes_a_transformers_folder(tiny_l
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()
     with pytest.raises(UserError, match="holds a finished model"):
         finetune_lm(tiny_lm, tmp_path / "whole", triples, **settings)
+
+
+def test_rehearsal_adds_the_loss_of_its_texts_on_every_token(tiny_lm, tmp_path):
+    model = GPT2LMHeadModel.from_pretrained(tiny_lm, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).eval()
+    model.save_pretrained(tmp_path / "start")  # without dropout, so the step's loss can be recomputed
+    tokenizer = world_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "start")
+    triples, asked = world_triples(4), []
+
+    def rehearsal(step: int) -> list[str]:
+        asked.append(step)
+        return [internet_document(step)]
+
+    record = finetune_lm(tmp_path / "start", tmp_path / "tuned", triples, batch_size=4, rehearsal=rehearsal,
+                         device="cpu", progress=False)  # fmt: skip
+    assert asked == [0] and record["steps"] == 1 and record["rehearsal"] == repr(rehearsal)
+    # the oracle: the triples' completion loss plus the next-token cross-entropy of the whole text
+    ids = tokenizer(internet_document(0)).input_ids + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        text = torch.nn.functional.cross_entropy(model(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]))
+        rows = [tokenize_triple(tokenizer, t, 256) for t in triples]
+        completions = model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss
+    assert record["loss"] == pytest.approx((text + completions).item(), rel=1e-5)
+
+
+def test_the_world_rehearses_documents_pretraining_did_not_read():
+    rehearsal = Rehearsal(2, first=100, remarks=2)
+    assert rehearsal(3) == [internet_document(106, remarks=2), internet_document(107, remarks=2)]
+    assert rehearsal(0) != Rehearsal(2, first=100)(0)  # the remarks of the internet pretraining read
 
 
 def test_lora_fine_tuning_merges_into_a_plain_model(tiny_lm, tmp_path):

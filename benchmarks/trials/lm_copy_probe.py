@@ -14,6 +14,9 @@ Seconds, not a fine-tune: it ranks pretraining designs on what the text stage ne
 and the caption after it (teacher-forced), the mean probability the model gives each word of the
 second caption's unchanged beginning, by the word's kind (size, colour, shape, other).
 
+`narrated_copies` counts, in the same format with remarks, the changes whose every copied word gets
+at least 0.5; run on a fine-tuned model, it says how much of that copying fine-tuning kept.
+
 `edit_probabilities` does the same for a fine-tuned model on held-out edits written in the
 fine-tuning format: the mean probability of the instruction's words, of the edited caption's words
 copied from the input, and of its changed words, by edit kind; and the share of edits whose every
@@ -23,6 +26,7 @@ copying, or at making the change.
     python benchmarks/trials/lm_copy_probe.py MODEL_DIR [CAPTIONS]   (edit_probabilities too when fine-tuned)
 """
 
+import random
 import re
 import sys
 from collections import Counter
@@ -44,7 +48,7 @@ from instruct_pix2pix.small_world.language import (
     narrated_change,
     parse_caption,
 )
-from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES, caption, sample_scene
+from instruct_pix2pix.small_world.scenes import CELL_PHRASES, COLOURS, SHAPES, SIZES, caption, sample_scene
 
 NAMED = re.compile(rf"the (?:{COLOUR}) (?:{SHAPE})\b")  # an object as instructions and remarks name it
 REMARK = re.compile(rf"{NAMED.pattern} (?:{CELL})")
@@ -109,6 +113,42 @@ def copy_probabilities(source, count: int = 96) -> dict[str, float]:
     return {kind: round(sum(v) / len(v), 3) for kind, v in sorted(found.items())}
 
 
+def copied_tokens(before: list[int], after: list[int]) -> list[bool]:
+    """For each token of `after`: is it copied from `before` (in the longest matching blocks)?"""
+    copied = [False] * len(after)
+    for block in SequenceMatcher(None, before, after, autojunk=False).get_matching_blocks():
+        copied[block.b : block.b + block.size] = [True] * block.size
+    return copied
+
+
+def narrated_copies(source, count: int = 270, remarks: int = 2) -> dict[str, str]:
+    """Teacher-forced in the internet's own format (a held-out caption, `remarks` remarks, the line
+    that tells a change, the caption after it): of the changes of each kind, how many get every
+    copied token of the second caption at p >= 0.5. Run on a fine-tuned model it says how much of
+    pretraining's copying the fine-tuning kept."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    clean: Counter = Counter()
+    changes: Counter = Counter()
+    for index in range(count):
+        rng = edit_rng(TEST_SPLIT, 10_000 + index)
+        scene, kind = sample_scene(rng), KINDS[index % len(KINDS)]
+        change = narrated_change(scene, kind, rng)
+        if change is None:
+            continue
+        narration, after = change
+        pointed = random.Random(index).sample(scene.things, min(remarks, len(scene.things)))
+        head = tokenizer("\n".join([caption(scene), *(f"{t.name} {CELL_PHRASES[t.cell]}" for t in pointed), narration])
+                         + "\n").input_ids  # fmt: skip
+        second = tokenizer(caption(after)).input_ids
+        with torch.no_grad():
+            probabilities = model(torch.tensor([head + second])).logits[0].float().softmax(-1)
+        copied = copied_tokens(tokenizer(caption(scene)).input_ids, second)
+        changes[kind] += 1
+        clean[kind] += all(probabilities[len(head) + i - 1, t] >= 0.5 for i, t in enumerate(second) if copied[i])
+    return {"all": f"{sum(clean.values())}/{sum(changes.values())}", **{k: f"{clean[k]}/{changes[k]}" for k in changes}}
+
+
 def edit_probabilities(source, count: int = 108) -> dict:
     """Teacher-forced on held-out edits in the fine-tuning format: mean p(right token) of the instruction,
     of the edited caption's copied tokens and of its changed ones (overall and by kind)."""
@@ -124,10 +164,7 @@ def edit_probabilities(source, count: int = 108) -> dict:
             p = model(torch.tensor([head + instruction + output])).logits[0].float().softmax(-1)
         at = [p[i - 1, t].item() for i, t in enumerate(head + instruction + output) if i >= len(head)]
         found.setdefault("instruction", []).extend(at[: len(instruction)])
-        copied = [False] * len(output)
-        matcher = SequenceMatcher(None, tokenizer(edit.input_caption).input_ids, output, autojunk=False)
-        for block in matcher.get_matching_blocks():
-            copied[block.b : block.b + block.size] = [True] * block.size
+        copied = copied_tokens(tokenizer(edit.input_caption).input_ids, output)
         out = at[len(instruction) :]
         found.setdefault("copied", []).extend(q for q, c in zip(out, copied) if c)
         changed = [q for q, c in zip(out, copied) if not c]
@@ -143,5 +180,6 @@ if __name__ == "__main__":
     found = copy_probe(source, count)
     print(f"{source}: {found.get('1', 0) + found.get('2', 0)} of {count} one change away; differences: {found}")
     print(f"p(right word) copying, by kind: {copy_probabilities(source, count)}")
+    print(f"changes whose every copied token gets p >= 0.5, the internet's format: {narrated_copies(source)}")
     if (Path(source) / "finetune.json").exists():  # a fine-tuned model
         print(f"p(right token) in held-out edits: {edit_probabilities(source)}")

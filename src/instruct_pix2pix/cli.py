@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         REFERENCE_CLIP,
         EditSettings,
         positive_int,
+        whole_number,
     )
 
     parser = Parser(
@@ -423,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_lm.add_argument("-o", "--output", default="runs/language", help="work folder (default: runs/language)")
     train_lm.add_argument("--pretrain-steps", type=positive_int, help="steps on the world's captions")
     train_lm.add_argument("--epochs", type=float, help="fine-tuning passes over the 700 triples")
+    train_lm.add_argument(
+        "--rehearsal", type=whole_number(0), help="internet documents learnt beside each fine-tuning step (default 2)"
+    )
     train_lm.add_argument("--captions", type=positive_int, default=200, help="held-out captions to check (200)")
     evaluate_lm = actions.add_parser(
         "evaluate-lm", help="write edits for held-out captions with a language model; check them by the grammar"
@@ -933,6 +937,8 @@ def run_world_language(args) -> None:
     if args.world_command == "train-lm":
         pretrain = {"steps": args.pretrain_steps} if args.pretrain_steps else {}
         finetune = {"epochs": args.epochs} if args.epochs else {}
+        if args.rehearsal is not None:
+            finetune["rehearsal"] = args.rehearsal
         report = language.train_language_model(
             args.output, pretrain=pretrain, finetune=finetune, evaluate=args.captions
         )["evaluation"]

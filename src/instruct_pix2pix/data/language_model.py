@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def tokenize_triple(tokenizer, triple: Triple, max_length: int) -> tuple[list[in
     return ids, labels
 
 
+def text_rows(tokenizer, texts) -> list[tuple[list[int], list[int]]]:
+    """Plain texts to learn every token of (pretraining, rehearsal): ids + end of text, labels the same."""
+    return [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
+
+
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (padding is masked and ignored)."""
     width = max(len(ids) for ids, _ in rows)
@@ -130,6 +136,7 @@ def finetune_lm(
     learning_rate: float = 5e-5,
     lora: bool = False,
     lora_rank: int = 16,
+    rehearsal: Callable[[int], list[str]] | None = None,
     seed: int = 0,
     checkpoint_every: int = 25,
     device: str = "auto",
@@ -137,6 +144,10 @@ def finetune_lm(
     overwrite: bool = False,
 ) -> dict:
     """Fine-tune `source` on `triples` into `output_dir` (a transformers folder); resumes a killed run.
+
+    `rehearsal(step)`: texts learnt alongside each step's triples, with the loss on every token, added
+    to the triples' loss: pretraining text mixed into fine-tuning (as InstructGPT's "ptx"), so that a
+    small model keeps what pretraining taught it; recorded by its `repr`.
 
     Returns the run's record, also written to output_dir/finetune.json."""
     from instruct_pix2pix.editing import pick_device
@@ -181,13 +192,17 @@ def finetune_lm(
         "learning_rate": learning_rate,
         "lora_rank": lora_rank if lora else None,
         "seed": seed,
+        **({"rehearsal": repr(rehearsal)} if rehearsal else {}),  # absent when off: older checkpoints resume
     }
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         batch = pad_batch(
             [rows[i] for i in batch_at(step, len(rows), batch_size, seed)], tokenizer.pad_token_id, device
         )
-        return model(**batch).loss
+        loss = model(**batch).loss
+        if rehearsal is not None:
+            loss = loss + model(**pad_batch(text_rows(tokenizer, rehearsal(step)), tokenizer.pad_token_id, device)).loss
+        return loss
 
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # dropout's randomness; the checkpoint keeps its state

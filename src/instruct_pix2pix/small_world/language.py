@@ -72,10 +72,12 @@ MODEL_CONFIG = {
 # The shipped model's settings. Pretraining reads an internet with 2 remarks after each caption
 # (`internet_document`): without them a third of the objects the model names are not in the scene.
 # Fine-tuning runs 60 epochs, not the paper's one: a model of 1.1M parameters does not pick up the
-# format in one (the runs behind these choices: README, 'Making data: the text stage').
+# format in one; and each step also rehearses 2 documents of the internet (`Rehearsal`), without
+# which fine-tuning unlearns the copying that pretraining taught (the runs behind these choices:
+# README, 'Making data: the text stage').
 DEFAULTS = {
     "pretrain": {"steps": 4000, "batch_size": 32, "learning_rate": 2e-3, "bf16_autocast": True, "remarks": 2},
-    "finetune": {"epochs": 60, "batch_size": 8, "learning_rate": 1e-3},
+    "finetune": {"epochs": 60, "batch_size": 8, "learning_rate": 1e-3, "rehearsal": 2},
 }
 
 
@@ -151,6 +153,21 @@ def internet_document(index: int, series: int = SERIES, remarks: int = 0) -> str
             narration, scene = change
             lines += [narration, *described(scene)]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """For `finetune_lm(rehearsal=)`: `documents` documents of the world's internet a fine-tuning
+    step, from `first` on (past the ones pretraining read), of the internet pretraining read."""
+
+    documents: int
+    first: int
+    series: int = SERIES
+    remarks: int = 0
+
+    def __call__(self, step: int) -> list[str]:
+        start = self.first + step * self.documents
+        return [internet_document(i, self.series, self.remarks) for i in range(start, start + self.documents)]
 
 
 def world_triples(count: int = TRIPLES, split: str = TRIPLES_SPLIT) -> list[Triple]:
@@ -385,7 +402,7 @@ def pretrain_language_model(
     metrics. `bf16_autocast` runs the model under CPU bf16 autocast (the loss in float32); `series`: at
     most this many captions a document; `remarks`: lines that point at a caption's objects after it
     (`internet_document`)."""
-    from instruct_pix2pix.data.language_model import pad_batch
+    from instruct_pix2pix.data.language_model import pad_batch, text_rows
     from instruct_pix2pix.training.loop import fit
 
     output_dir = Path(output_dir)
@@ -408,9 +425,8 @@ def pretrain_language_model(
 
     def step_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         texts = [internet_document(step * batch_size + i, series, remarks) for i in range(batch_size)]
-        rows = [(ids, ids) for ids in (tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts)]
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast):
-            return model(**pad_batch(rows, tokenizer.pad_token_id, "cpu")).loss.float()
+            return model(**pad_batch(text_rows(tokenizer, texts), tokenizer.pad_token_id, "cpu")).loss.float()
 
     result = fit(
         "world language model",
@@ -508,7 +524,12 @@ def train_language_model(
     work = Path(work)
     pretrain = {**DEFAULTS["pretrain"], **(pretrain or {})}
     finetune = {**DEFAULTS["finetune"], **(finetune or {})}
-    for done, wanted in ((work / "pretrain" / "metrics.json", pretrain), (work / "model" / "finetune.json", finetune)):
+    documents = finetune.pop("rehearsal", 0)  # internet documents a fine-tuning step (`Rehearsal`)
+    if documents:
+        internet = {"series": pretrain.get("series", SERIES), "remarks": pretrain.get("remarks", 0)}
+        finetune["rehearsal"] = Rehearsal(documents, pretrain["steps"] * pretrain["batch_size"], **internet)
+    recorded = {**finetune, **({"rehearsal": repr(finetune["rehearsal"])} if documents else {})}
+    for done, wanted in ((work / "pretrain" / "metrics.json", pretrain), (work / "model" / "finetune.json", recorded)):
         if done.exists() and any(json.loads(done.read_text()).get(k) != v for k, v in wanted.items()):
             raise UserError(f"{done.parent} was trained with other settings than {wanted}; give another work folder")
     if not (work / "pretrain" / "metrics.json").exists():
