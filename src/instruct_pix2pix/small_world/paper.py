@@ -17,7 +17,8 @@
              the two editors
 
 Every stage is resumable (the text and image stages go on where they stopped, the trainings from
-their checkpoints) and is skipped once its result is there.
+their checkpoints) and is skipped once its result is there; a rerun with more --editor-steps trains
+both editors on from their checkpoints and evaluates them again (evaluate-NAME-STEPS).
 """
 
 from __future__ import annotations
@@ -123,6 +124,14 @@ def write_exact_pairs(edits_file: Path, output: Path) -> int:
     return write_reference_folder(examples, output)
 
 
+def trained_steps(output: Path) -> int:
+    """The step of a training folder's newest checkpoint (0 before the first)."""
+    from instruct_pix2pix.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
+
+    found = checkpoints(output)
+    return int(found[-1].name.removeprefix(CHECKPOINT_PREFIX)) if found else 0
+
+
 def run_paper(
     work: str | Path,
     text_to_image: str | Path,
@@ -185,12 +194,16 @@ def run_paper(
     editors = {}
     for name, data in (("generated", pairs_dir), ("exact", exact_dir)):
         output = work / f"editor-{name}"
-        if not (output / "model" / "model_index.json").exists():
+        done = trained_steps(output)
+        if done > editor_steps:
+            raise UserError(f"{output} is trained {done} steps, more than the {editor_steps} asked; give "
+                            "--editor-steps at least that (a longer run goes on), or another work folder")  # fmt: skip
+        if done < editor_steps or not (output / "model" / "model_index.json").exists():
             overrides = [f"pretrained_model_name_or_path={text_to_image}", "from_scratch=none", f"train_data={data}",
                          f"output_dir={output}", "resume_from_checkpoint=latest", f"max_train_steps={editor_steps}",
                          f"train_batch_size={editor_batch_size}", "validation_steps=0"]  # fmt: skip
             train(load_config(CONFIGS / "small-world.yaml", overrides), show_progress=progress)
-        evaluation = work / f"evaluate-{name}"
+        evaluation = work / f"evaluate-{name}-{editor_steps}"  # each length its own: a longer run adds a point
         if not (evaluation / "results.json").exists():
             run_evaluation(Editor.from_pretrained(output / "model", device="cpu"), evaluation, SETTINGS,
                            per_kind=per_kind)  # fmt: skip
