@@ -319,6 +319,13 @@ def good(caption, attempt):
     return f"make it blue\n%%\n{caption} in blue"
 
 
+def test_a_caption_given_twice_is_written_once(tmp_path):
+    captions = [Caption("first"), Caption("second"), Caption("first")]
+    stats = write_edits(captions, tmp_path / "e.jsonl", Scripted(good), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == ["first", "second"] and stats["kept"] == stats["captions"] == 2
+
+
 def test_rejections_are_retried_counted_and_saved(tmp_path):
     def answers(caption, attempt):
         if caption == "never":

@@ -266,8 +266,14 @@ def write_edits(
     moderation=None,
     progress: bool = True,
 ) -> dict:
-    """Write a triple for every caption not done yet; returns (and saves) the counts."""
+    """Write a triple for every caption not done yet (a caption given twice, once); returns (and saves)
+    the counts."""
     from tqdm.auto import tqdm
+
+    distinct: dict[str, Caption] = {}
+    for caption in captions:
+        distinct.setdefault(caption.text, caption)
+    captions = list(distinct.values())
 
     output = Path(output)
     rejected_path, stats_path = side_files(output)
