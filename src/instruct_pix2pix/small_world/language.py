@@ -157,8 +157,9 @@ def internet_document(index: int, series: int = SERIES, remarks: int = 0) -> str
 
 @dataclass(frozen=True)
 class Rehearsal:
-    """For `finetune_lm(rehearsal=)`: `documents` documents of the world's internet a fine-tuning
-    step, from `first` on (past the ones pretraining read), of the internet pretraining read."""
+    """For `finetune_lm(rehearsal=)`: `documents` documents of the world's internet for each
+    fine-tuning step, from document `first` on (pretraining read the ones before), written as
+    pretraining's were (`series`, `remarks`)."""
 
     documents: int
     first: int
