@@ -9,8 +9,9 @@ import pytest
 
 from instruct_pix2pix.data.image_pairs import ClipFilter
 from instruct_pix2pix.errors import UserError
-from instruct_pix2pix.small_world.paper import judge_pairs, pair_report, run_paper, text_stage_right, trained_steps
+from instruct_pix2pix.small_world.paper import judge_pairs, pair_report, run_paper, text_stage_right
 from instruct_pix2pix.small_world.scenes import caption, render
+from instruct_pix2pix.training.checkpoints import latest_step
 
 
 def test_the_judge_reads_pairs_against_their_captions():
@@ -63,7 +64,7 @@ def test_every_stage_runs_and_a_rerun_goes_on(text_to_image_model_dir, tmp_path)
     again = run_paper(tmp_path, text_to_image_model_dir, **options)  # everything is there: nothing redone
     assert again == report
     longer = run_paper(tmp_path, text_to_image_model_dir, **{**options, "editor_steps": 3})  # the editors go on
-    assert trained_steps(tmp_path / "editor-generated") == trained_steps(tmp_path / "editor-exact") == 3
+    assert latest_step(tmp_path / "editor-generated") == latest_step(tmp_path / "editor-exact") == 3
     assert (tmp_path / "evaluate-exact-2").is_dir() and (tmp_path / "evaluate-exact-3").is_dir()
     assert longer["pairs"] == report["pairs"] and longer["settings"]["editor_steps"] == 3
     with pytest.raises(UserError, match="trained 3 steps, more than the 2 asked"):

@@ -44,11 +44,12 @@ from instruct_pix2pix.small_world.language import (
     COLOUR,
     SHAPE,
     TEST_SPLIT,
+    described,
     held_out_captions,
     narrated_change,
     parse_caption,
 )
-from instruct_pix2pix.small_world.scenes import CELL_PHRASES, COLOURS, SHAPES, SIZES, caption, sample_scene
+from instruct_pix2pix.small_world.scenes import COLOURS, SHAPES, SIZES, caption, sample_scene
 
 NAMED = re.compile(rf"the (?:{COLOUR}) (?:{SHAPE})\b")  # an object as instructions and remarks name it
 REMARK = re.compile(rf"{NAMED.pattern} (?:{CELL})")
@@ -137,9 +138,7 @@ def narrated_copies(source, count: int = 270, remarks: int = 2) -> dict[str, str
         if change is None:
             continue
         narration, after = change
-        pointed = random.Random(index).sample(scene.things, min(remarks, len(scene.things)))
-        head = tokenizer("\n".join([caption(scene), *(f"{t.name} {CELL_PHRASES[t.cell]}" for t in pointed), narration])
-                         + "\n").input_ids  # fmt: skip
+        head = tokenizer("\n".join([*described(scene, remarks, random.Random(index)), narration]) + "\n").input_ids
         second = tokenizer(caption(after)).input_ids
         with torch.no_grad():
             probabilities = model(torch.tensor([head + second])).logits[0].float().softmax(-1)

@@ -17,8 +17,8 @@ from pathlib import Path
 from instruct_pix2pix.data.captions import Caption
 from instruct_pix2pix.data.edit_text import write_edits
 from instruct_pix2pix.data.language_model import LocalLM
-from instruct_pix2pix.data.triples import completion, read_triples
-from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL, check_completion, held_out_captions
+from instruct_pix2pix.data.triples import read_triples
+from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL, check_triple, held_out_captions
 
 source = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_LANGUAGE_MODEL
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
@@ -27,7 +27,7 @@ with tempfile.TemporaryDirectory() as folder:
     captions = [Caption(c) for c in held_out_captions(count)]
     stats = write_edits(captions, output, LocalLM(source, device="cpu"), progress=False)
     kept = read_triples(output)
-checks = [check_completion(row["input"], completion(row["edit"], row["output"])) for row in kept]
+checks = [check_triple(row) for row in kept]
 right = sum(c.right for c in checks)
 wrong = Counter(c.reason for c in checks if not c.right)
 print(f"{source}: {len(kept)} of {count} captions kept, {right / len(kept):.1%} of them exactly right")

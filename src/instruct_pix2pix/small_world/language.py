@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from instruct_pix2pix.atomic import atomic_folder, write_json
-from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP, Triple, parse_completion
+from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP, Triple, completion, parse_completion
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import (
     BACKGROUND_WORDS,
@@ -124,6 +124,13 @@ def narrated_change(scene: Scene, kind: str, rng: random.Random) -> tuple[str, S
     return rng.choice(NARRATIONS[kind][variant]).format(**words), after
 
 
+def described(scene: Scene, remarks: int, pointing: random.Random) -> list[str]:
+    """A scene's caption, then up to `remarks` lines that each point at one of its objects, drawn by
+    `pointing` ("the yellow circle at the top"), as the internet writes a picture."""
+    things = pointing.sample(scene.things, min(remarks, len(scene.things)))
+    return [caption(scene)] + [f"{thing.name} {CELL_PHRASES[thing.cell]}" for thing in things]
+
+
 def internet_document(index: int, series: int = SERIES, remarks: int = 0) -> str:
     """Document `index` of the world's internet: a series of pictures' captions, each picture the one
     before with one thing changed (as albums and photo series are), and between two captions a line
@@ -138,20 +145,15 @@ def internet_document(index: int, series: int = SERIES, remarks: int = 0) -> str
     is the same with or without them."""
     rng = edit_rng(PRETRAIN_SPLIT, index)
     pointing = random.Random(f"remarks/{index}")
-
-    def described(scene: Scene) -> list[str]:
-        things = pointing.sample(scene.things, min(remarks, len(scene.things)))
-        return [caption(scene)] + [f"{thing.name} {CELL_PHRASES[thing.cell]}" for thing in things]
-
     scene = sample_scene(rng)
     if rng.random() < BLACK_AND_WHITE_PROBABILITY:
         scene = replace(scene, black_and_white=True)
-    lines = described(scene)
+    lines = described(scene, remarks, pointing)
     for _ in range(rng.randint(1, series - 1)):
         change = narrated_change(scene, rng.choice(KINDS), rng)
         if change is not None:
             narration, scene = change
-            lines += [narration, *described(scene)]
+            lines += [narration, *described(scene, remarks, pointing)]
     return "\n".join(lines)
 
 
@@ -327,6 +329,11 @@ class Check:
     held_out_phrasing: bool
     reason: str  # why not right ("" when right)
     instruction: str | None = None  # the completion's instruction, when it is well formed
+
+
+def check_triple(triple: Triple) -> Check:
+    """`check_completion` for a written triple (the text stage's output)."""
+    return check_completion(triple["input"], completion(triple["edit"], triple["output"]))
 
 
 def check_completion(input_caption: str, text: str) -> Check:
@@ -526,10 +533,9 @@ def train_language_model(
     pretrain = {**DEFAULTS["pretrain"], **(pretrain or {})}
     finetune = {**DEFAULTS["finetune"], **(finetune or {})}
     documents = finetune.pop("rehearsal", 0)  # internet documents a fine-tuning step (`Rehearsal`)
-    if documents:
-        internet = {"series": pretrain.get("series", SERIES), "remarks": pretrain.get("remarks", 0)}
-        finetune["rehearsal"] = Rehearsal(documents, pretrain["steps"] * pretrain["batch_size"], **internet)
-    recorded = {**finetune, **({"rehearsal": repr(finetune["rehearsal"])} if documents else {})}
+    internet = {"series": pretrain.get("series", SERIES), "remarks": pretrain.get("remarks", 0)}
+    rehearsal = Rehearsal(documents, pretrain["steps"] * pretrain["batch_size"], **internet) if documents else None
+    recorded = {**finetune, **({"rehearsal": repr(rehearsal)} if rehearsal else {})}
     for done, wanted in ((work / "pretrain" / "metrics.json", pretrain), (work / "model" / "finetune.json", recorded)):
         if done.exists() and any(json.loads(done.read_text()).get(k) != v for k, v in wanted.items()):
             raise UserError(f"{done.parent} was trained with other settings than {wanted}; give another work folder")
@@ -537,7 +543,8 @@ def train_language_model(
         pretrain_language_model(work / "pretrain", progress=progress, **pretrain)
     triples = world_triples()
     if not (work / "model" / "finetune.json").exists():
-        finetune_lm(work / "pretrain" / "model", work / "model", triples, device="cpu", progress=progress, **finetune)
+        finetune_lm(work / "pretrain" / "model", work / "model", triples, rehearsal=rehearsal, device="cpu",
+                    progress=progress, **finetune)  # fmt: skip
     report = {
         "pretrain": json.loads((work / "pretrain" / "metrics.json").read_text()),
         "finetune": json.loads((work / "model" / "finetune.json").read_text()),

@@ -99,11 +99,11 @@ def pair_report(rows: list[dict]) -> dict:
 def text_stage_right(edits_file: Path) -> float | None:
     """The share of the text stage's edits that the world's grammar says are right (the instruction,
     applied to the input caption's scene, gives the edited caption): what both editors learn from."""
-    from instruct_pix2pix.data.triples import completion, read_triples
-    from instruct_pix2pix.small_world.language import check_completion
+    from instruct_pix2pix.data.triples import read_triples
+    from instruct_pix2pix.small_world.language import check_triple
 
-    checks = [check_completion(e["input"], completion(e["edit"], e["output"])) for e in read_triples(edits_file)]
-    return _share([{"right": c.right} for c in checks])
+    rights = [check_triple(triple).right for triple in read_triples(edits_file)]
+    return sum(rights) / len(rights) if rights else None
 
 
 def write_exact_pairs(edits_file: Path, output: Path) -> int:
@@ -122,14 +122,6 @@ def write_exact_pairs(edits_file: Path, output: Path) -> int:
     if not examples:
         raise UserError(f"none of the edits in {edits_file} has two captions of the world")
     return write_reference_folder(examples, output)
-
-
-def trained_steps(output: Path) -> int:
-    """The step of a training folder's newest checkpoint (0 before the first)."""
-    from instruct_pix2pix.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
-
-    found = checkpoints(output)
-    return int(found[-1].name.removeprefix(CHECKPOINT_PREFIX)) if found else 0
 
 
 def run_paper(
@@ -159,6 +151,7 @@ def run_paper(
     from instruct_pix2pix.small_world.evaluate import SETTINGS, run_evaluation
     from instruct_pix2pix.small_world.language import DEFAULT_LANGUAGE_MODEL
     from instruct_pix2pix.small_world.recipe import CONFIGS
+    from instruct_pix2pix.training.checkpoints import latest_step
     from instruct_pix2pix.training.config import load_config
     from instruct_pix2pix.training.trainer import train
 
@@ -194,7 +187,7 @@ def run_paper(
     editors = {}
     for name, data in (("generated", pairs_dir), ("exact", exact_dir)):
         output = work / f"editor-{name}"
-        done = trained_steps(output)
+        done = latest_step(output)
         if done > editor_steps:
             raise UserError(f"{output} is trained {done} steps, more than the {editor_steps} asked; give "
                             "--editor-steps at least that (a longer run goes on), or another work folder")  # fmt: skip

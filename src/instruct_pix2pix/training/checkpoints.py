@@ -25,7 +25,18 @@ def checkpoints(output_dir: Path) -> list[Path]:
     found = [
         p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
     ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder was written at."""
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def latest_step(output_dir: Path) -> int:
+    """The step of the newest checkpoint in `output_dir` (0 before the first)."""
+    found = checkpoints(output_dir)
+    return checkpoint_step(found[-1]) if found else 0
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, limit: int | None) -> None:
