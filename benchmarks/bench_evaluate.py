@@ -1,14 +1,15 @@
 """Evaluation throughput: `ip2p evaluate`'s batched sweep against a one-example-at-a-time loop, in the same run.
 
 Both make and score the same edits: the shipped default model edits --examples held-out small-world
-scenes at one sweep point (text guidance 7.5, image guidance --image-guidance, seed 0, --steps), and
-the small world's CLIP scores each (the paper's four similarities, plus the MagicBrush metrics
-against the target and the ground truth, as the sweep computes them).
+scenes at each point of a sweep (text guidance 7.5, the image guidance scales of --image-guidance:
+by default the paper's seven, 1.0 to 2.2; seed 0; --steps), and the small world's CLIP scores each
+(the paper's four similarities, plus the MagicBrush metrics against the target and the ground
+truth, as the sweep computes them).
 
 - batched: what the sweep does, `Methods` (examples edited --batch-size at a time) and `score`
   (features in batches; the inputs' and captions' features computed once, shared by every point);
-- loop: the reference's way (metrics/compute_metrics.py): for each example, `Editor.edit` on it
-  alone, then the same scoring on it alone.
+- loop: the reference's way (metrics/compute_metrics.py): at each point, for each example,
+  `Editor.edit` on it alone, then the same scoring on it alone.
 
 Rounds alternate who goes first; the table gives medians of edits per second and the ratio. The mean
 similarities of the two are printed too: equal up to float rounding, so both did the same work.
@@ -31,6 +32,7 @@ from instruct_pix2pix import Editor
 from instruct_pix2pix.evaluation.examples import world_examples
 from instruct_pix2pix.evaluation.sweep import EDITOR, SETTINGS, Methods, Point, Scorers, prepare, score
 from instruct_pix2pix.metrics import ClipScorer
+from instruct_pix2pix.settings import SWEEP_IMAGE_GUIDANCE
 
 
 def main() -> None:
@@ -38,9 +40,15 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (the small world's sampler settings)")
-    parser.add_argument("--image-guidance", type=float, default=1.5)
+    parser.add_argument("--image-guidance", default=",".join(map(str, SWEEP_IMAGE_GUIDANCE)), help="the sweep's points")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the editor's, both ways")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="the batched sweep's UNet under torch.compile "
+        "(`ip2p evaluate --compile`; compiled before the timing, and the loop stays eager)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -48,29 +56,36 @@ def main() -> None:
     settings = SETTINGS.replace(num_inference_steps=args.steps)
     examples = world_examples(args.examples)
     scorers = Scorers(ClipScorer.from_pretrained())
-    point = Point(EDITOR, 7.5, image_guidance=args.image_guidance)
-    methods = Methods(editor, settings, batch_size=args.batch_size)
+    points = [Point(EDITOR, 7.5, image_guidance=float(scale)) for scale in args.image_guidance.split(",")]
+    sweep_editor = Editor.for_model(editor.model.compiled(), editor.device) if args.compile else editor
+    methods = Methods(sweep_editor, settings, batch_size=args.batch_size)
 
     def batched() -> np.ndarray:
         prepared = prepare(examples, methods, scorers)
         directions = []
-        for start in range(0, len(examples), args.batch_size):
-            rows = slice(start, start + args.batch_size)
-            outputs = methods(point, examples[rows], prepared.inputs[rows])
-            directions += list(score(outputs, examples[rows], prepared, scorers, rows)["clip_direction"])
+        for point in points:
+            for start in range(0, len(examples), args.batch_size):
+                rows = slice(start, start + args.batch_size)
+                outputs = methods(point, examples[rows], prepared.inputs[rows])
+                directions += list(score(outputs, examples[rows], prepared, scorers, rows)["clip_direction"])
         return np.array(directions)
 
     def loop() -> np.ndarray:
         directions = []
-        for example in examples:
-            edit = editor.edit(example.input_image, example.instruction, settings, seed=0,
-                               image_guidance_scale=args.image_guidance, show_progress=False)  # fmt: skip
-            prepared = prepare([example], methods, scorers)
-            directions.append(score(edit.images, [example], prepared, scorers, slice(0, 1))["clip_direction"][0])
+        for point in points:
+            for example in examples:
+                edit = editor.edit(example.input_image, example.instruction, settings, seed=0,
+                                   image_guidance_scale=point.image_guidance, show_progress=False)  # fmt: skip
+                prepared = prepare([example], methods, scorers)
+                directions.append(score(edit.images, [example], prepared, scorers, slice(0, 1))["clip_direction"][0])
         return np.array(directions)
 
     times: dict[str, list[float]] = {"batched": [], "loop": []}
     results = {}
+    if args.compile:  # compiling is paid once per shape, not per sweep: a first batched run pays it
+        start = time.perf_counter()
+        batched()
+        print(f"compiled in {time.perf_counter() - start:.1f} s (with one batched run)", flush=True)
     for round_ in range(args.rounds):
         order = [("batched", batched), ("loop", loop)]
         for name, function in order if round_ % 2 == 0 else order[::-1]:
@@ -79,17 +94,19 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             print(f"round {round_ + 1}: {name} {times[name][-1]:.1f} s", flush=True)
 
-    rate = {name: args.examples / statistics.median(values) for name, values in times.items()}
+    edits = args.examples * len(points)
+    rate = {name: edits / statistics.median(values) for name, values in times.items()}
     ratio = rate["batched"] / rate["loop"]
     report = {
         "machine": machine(torch.device("cpu")), "threads": torch.get_num_threads(), "examples": args.examples,
-        "steps": args.steps, "dtype": args.dtype,
-        "batch_size": args.batch_size, "image_guidance": args.image_guidance, "rounds": args.rounds,
+        "steps": args.steps, "dtype": args.dtype, "compile": args.compile,
+        "batch_size": args.batch_size, "image_guidance": [p.image_guidance for p in points], "rounds": args.rounds,
         "seconds": times, "edits_per_second": rate, "ratio": ratio,
         "mean_direction": {name: float(values.mean()) for name, values in results.items()},
         "max_direction_difference": float(np.abs(results["batched"] - results["loop"]).max()),
     }  # fmt: skip
-    title = f"evaluation ({args.examples} edits, {args.steps} steps, {args.dtype})"
+    compiled = ", compiled" * args.compile
+    title = f"evaluation ({args.examples} examples x {len(points)} points, {args.steps} steps, {args.dtype}{compiled})"
     print(f"\n| {title} | edits/s (median of {args.rounds}) |")
     print("|---|---|")
     print(f"| batched sweep (batch {args.batch_size}) | {rate['batched']:.2f} |")

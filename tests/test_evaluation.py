@@ -170,6 +170,18 @@ def test_other_settings_are_refused_and_overwrite_starts_again(capsys, tmp_path)
     assert code == 0 and rows_of(folder)[0]["seed"] == 1
 
 
+def test_compile_runs_the_editor_and_the_baseline_compiled(capsys, tmp_path, monkeypatch):
+    from instruct_pix2pix.loading.bundle import ModelBundle
+
+    compiled = []
+    monkeypatch.setattr(ModelBundle, "compiled", lambda self: compiled.append(self.kind) or self)  # compiling: slow
+    args = ["evaluate", "-o", tmp_path / "out", "--num-samples", "2", "--steps", "1", "--image-guidance", "1.5",
+            "--strength", "1", "--no-progress"]  # fmt: skip
+    assert run(capsys, *args)[0] == 0 and compiled == []
+    assert run(capsys, *args, "--compile", "--overwrite")[0] == 0
+    assert sorted(compiled) == ["editing", "text-to-image"]
+
+
 def test_a_reference_folder_test_split_with_tiny_models(capsys, tmp_path, tiny_model_dir, text_to_image_model_dir,
                                                         tiny_clip_dir):  # fmt: skip
     """Any dataset the trainer reads: the reference layout's test split, with MagicBrush's metrics

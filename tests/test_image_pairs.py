@@ -223,6 +223,18 @@ def test_cli_draws_pairs(capsys, tmp_path, text_to_image_model_dir, tiny_clip_di
     assert code == 0 and "0 edits drawn now, 1 done before" in out
 
 
+def test_cli_compiles_the_unet_when_asked(capsys, tmp_path, monkeypatch, text_to_image_model_dir, tiny_clip_dir):
+    from instruct_pix2pix.loading.bundle import ModelBundle
+
+    compiled = []
+    monkeypatch.setattr(ModelBundle, "compiled", lambda self: compiled.append(self.kind) or self)  # compiling: slow
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps(EDITS[0]))
+    args = ["data", "make-pairs", edits, "--model", text_to_image_model_dir, "--clip", tiny_clip_dir, "-o",
+            tmp_path / "out", "--steps", "1", "--candidates", "1", "--no-progress", "--compile"]  # fmt: skip
+    assert run(capsys, *args)[0] == 0 and compiled == ["text-to-image"]
+
+
 @pytest.mark.slow
 def test_accelerate_processes_take_disjoint_shares(drawn, tmp_path, text_to_image_model_dir, tiny_clip_dir):
     """`accelerate launch` with two CPU processes: each draws its own edits, together all of them,

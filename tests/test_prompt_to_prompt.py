@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from instruct_pix2pix.data.prompt_to_prompt import Candidate, Sharing, draw_settings, sample_pairs, token_alignment
+from instruct_pix2pix.data.prompt_to_prompt import (
+    Candidate,
+    Sharing,
+    attention_sharing,
+    draw_settings,
+    sample_pairs,
+    token_alignment,
+)
 from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
 
 STEPS = 6
@@ -35,6 +42,30 @@ def test_with_p_zero_each_image_is_what_the_pipeline_draws(t2i):
             theirs = pipe(caption, num_inference_steps=STEPS, guidance_scale=candidate.guidance_scale,
                           generator=torch.Generator("cpu").manual_seed(candidate.seed)).images[0]  # fmt: skip
             assert np.abs(pixels(theirs) - pixels(ours)).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["self", pytest.param("cross", marks=pytest.mark.slow)])
+def test_a_compiled_unet_shares_at_the_steps_the_flags_say(t2i, mode):
+    """The processors branch on flags set once a step: a compiled UNet must follow them, not keep the
+    branch of the step it was traced at. Steps with sharing off, on, then off again, against eager
+    calls (the on branch with no pair chosen computes what the off branch does, so the graph that must
+    not stay is one traced with sharing off)."""
+    unet, pairs = t2i.unet, 2
+    torch.manual_seed(0)
+    latents = torch.randn(4 * pairs, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    context = torch.randn(4 * pairs, 8, unet.config.cross_attention_dim)
+    sharing = Sharing(mode=mode, token_map=torch.arange(8).flip(0).expand(pairs, 8), token_kept=torch.ones(pairs, 8))
+    compiled = t2i.compiled().unet
+    outputs = {}
+    with torch.inference_mode(), attention_sharing(unet, sharing):
+        for step, on in enumerate((False, True, False)):
+            flags = torch.tensor([on, False])
+            sharing.at_step(flags, flags if mode == "cross" else None)
+            for name, net in (("eager", unet), ("compiled", compiled)):
+                outputs[name, step] = net(latents, 500, encoder_hidden_states=context).sample
+    for step in range(3):
+        torch.testing.assert_close(outputs["compiled", step], outputs["eager", step], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outputs["eager", 0], outputs["eager", 1], atol=1e-3)  # sharing shows
 
 
 def test_identical_captions_give_identical_images(t2i):
@@ -115,9 +146,10 @@ def test_shared_queries_and_keys_give_what_shared_probabilities_give(mode):
             return layers[cross](hidden, encoder_hidden_states=context if cross else None)
 
     def sharing(record: bool, on: bool = True):
-        return Sharing(mode=mode, record=record, share_self=torch.tensor([on, False]),
-                       share_cross=torch.tensor([on, False]), token_map=torch.tensor([[0, 2, 1, 3, 4, 5, 6]] * 2),
-                       token_kept=torch.tensor([[1.0, 1, 1, 0, 1, 1, 1]] * 2))  # fmt: skip
+        sharing = Sharing(mode=mode, record=record, token_map=torch.tensor([[0, 2, 1, 3, 4, 5, 6]] * 2),
+                          token_kept=torch.tensor([[1.0, 1, 1, 0, 1, 1, 1]] * 2))  # fmt: skip
+        sharing.at_step(torch.tensor([on, False]), torch.tensor([on, False]))
+        return sharing
 
     for cross in (False, True):
         fast, explicit, plain = (

@@ -81,8 +81,18 @@ class Sharing:
     share_cross: torch.Tensor | None = None  # (pairs,) bool: pairs whose cross-attention is the first's now
     token_map: torch.Tensor | None = None  # (pairs, tokens) long: the first prompt's token for each of the second's
     token_kept: torch.Tensor | None = None  # (pairs, tokens) float: 1 where the second's token takes the first's map
+    self_on: bool = False  # share_self.any(), and share_cross.any(): set with them by `at_step`
+    cross_on: bool = False
     calls: list = field(default_factory=list)  # for tests: (is_self, probabilities) of every call when recording
     record: bool = False
+
+    def at_step(self, share_self: torch.Tensor, share_cross: torch.Tensor | None = None) -> None:
+        """Who shares at this step. The processors branch on the two flags, plain Python values set
+        here once a step, not on the tensors: a compiled UNet then traces each branch once instead of
+        breaking its graph in every attention layer."""
+        self.share_self, self.share_cross = share_self, share_cross
+        self.self_on = bool(share_self.any())
+        self.cross_on = share_cross is not None and bool(share_cross.any())
 
 
 def _pairs(x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -152,10 +162,8 @@ class SharedAttentionProcessor:
     def _active(self, is_self: bool, tokens: int) -> bool:
         s = self.sharing
         if is_self:
-            if s.share_self is None or not bool(s.share_self.any()):
-                return False
-            return s.mode == "self" or tokens <= SELF_REPLACE_MAX_TOKENS
-        return s.mode == "cross" and s.share_cross is not None and bool(s.share_cross.any())
+            return s.self_on and (s.mode == "self" or tokens <= SELF_REPLACE_MAX_TOKENS)
+        return s.mode == "cross" and s.cross_on
 
     def _share_self(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """The second image's rows replaced by the first's for the sharing pairs, in both halves
@@ -265,10 +273,9 @@ def sample_pairs(
     with attention_sharing(unet, sharing):
         for i, t in enumerate(sampler.timesteps):
             if mode == "self":  # the reference's test: p > i / (len(sigmas) - 2), with len(sigmas) = steps + 1
-                sharing.share_self = p > i / max(steps - 1, 1)
+                sharing.at_step(p > i / max(steps - 1, 1))
             else:  # the community pipeline's: replace while the step is below int(steps * fraction)
-                sharing.share_cross = p * steps > i
-                sharing.share_self = torch.full_like(p, n_self_replace * steps > i, dtype=torch.bool)
+                sharing.at_step(torch.full_like(p, n_self_replace * steps > i, dtype=torch.bool), p * steps > i)
             model_input = sampler.scale_model_input(torch.cat([latents, latents]), t)
             noise = unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0]
             uncond, cond = noise.chunk(2)

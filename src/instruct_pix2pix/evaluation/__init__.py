@@ -63,6 +63,7 @@ def run_evaluation(
     batch_size: int = 8,
     device: str = "auto",
     dtype: str | None = None,
+    compile: bool = False,
     contact: int = CONTACT_EXAMPLES,
     overwrite: bool = False,
     progress: bool = True,
@@ -72,7 +73,7 @@ def run_evaluation(
 
     Without `data` the examples are the small world's held-out edits (with their exact ground
     truth); without `baseline_model` there SDEdit runs on the small world's text-to-image model
-    when the package ships one."""
+    when the package ships one. `compile` runs the editor's and the baseline's UNets under torch.compile."""
     from instruct_pix2pix.editing import Editor, pick_device, pick_dtype
     from instruct_pix2pix.loading import TEXT_TO_IMAGE, load_model
     from instruct_pix2pix.loading.sources import DEFAULT_TEXT_TO_IMAGE
@@ -91,8 +92,11 @@ def run_evaluation(
     torch_dtype = pick_dtype(dtype, device)
 
     # Everything is loaded and read before anything is written.
-    editor = Editor.for_model(load_model(model, dtype=torch_dtype, config=config), device)
+    editor_model = load_model(model, dtype=torch_dtype, config=config)
     baseline = load_model(baseline_model, kind=TEXT_TO_IMAGE, dtype=torch_dtype) if baseline_model else None
+    if compile:
+        editor_model, baseline = editor_model.compiled(), baseline and baseline.compiled()
+    editor = Editor.for_model(editor_model, device)
     scorers = Scorers(ClipScorer.from_pretrained(clip, resize=clip_resize, device=device))
     if target_clip:
         scorers.target_clip = ClipScorer.from_pretrained(target_clip, resize=clip_resize, device=device)

@@ -8,7 +8,7 @@ place that tells them apart; `widen_conv_in` makes the second kind from the firs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -45,6 +45,12 @@ class ModelBundle:
     def default_resolution(self) -> int:
         """The size the UNet was trained at: 512 for SD 1.5 models, the model's own size for small ones."""
         return self.unet.config.sample_size * self.vae_scale_factor
+
+    def compiled(self) -> ModelBundle:
+        """The same parts, the UNet (nearly all of sampling's time) under `torch.compile` for batch jobs.
+        Its first call at each new input shape or set of attention processors compiles (about half a
+        minute for the small world's UNet on 2 CPU cores); the parts are shared, not copied."""
+        return replace(self, unet=torch.compile(self.unet, dynamic=False))
 
 
 def check_unet_channels(in_channels: int, latent_channels: int, kind: str, source: str) -> str:
