@@ -39,8 +39,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, device: bool = True, c
 
 
 COMPILE_HELP = (
-    "run the UNet under torch.compile: about 1.2x faster after a first batch that compiles (about "
-    "half a minute for the small world's model on 2 CPU cores); for long runs"
+    "run the UNet under torch.compile: about 1.2x faster after a first batch that compiles (40 s to a "
+    "minute for the small world's model on 2 CPU cores); for long runs"
 )
 
 

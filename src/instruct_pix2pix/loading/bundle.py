@@ -48,8 +48,8 @@ class ModelBundle:
 
     def compiled(self) -> ModelBundle:
         """The same parts, the UNet (nearly all of sampling's time) under `torch.compile` for batch jobs.
-        Its first call at each new input shape or set of attention processors compiles (about half a
-        minute for the small world's UNet on 2 CPU cores); the parts are shared, not copied."""
+        Its first call at each new input shape or set of attention processors compiles (20 to 40 s a
+        graph for the small world's UNet on 2 CPU cores); the parts are shared, not copied."""
         return replace(self, unet=torch.compile(self.unet, dynamic=False))
 
 
