@@ -188,8 +188,8 @@ def test_the_shipped_language_model_writes_triples_of_the_world():
     sampler cannot pass."""
     measured = json.loads((DEFAULT_LANGUAGE_MODEL / "report.json").read_text())["evaluation"]
     report = evaluate_language_model(DEFAULT_LANGUAGE_MODEL, count=48, device="cpu")
-    assert report["parses"] >= measured["parses"] - 0.1  # measured 38 of these 48 (82% of 200)
+    assert report["parses"] >= measured["parses"] - 0.1  # measured 40 of these 48 (83.5% of 200)
     assert sum(share > 0 for share in report["kinds"].values()) >= 7  # not one memorised instruction
-    assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 8  # 3
+    assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 8  # 4
     assert report["reasons"].get("does not apply", 0) <= 8  # measured 1 (the Llama before the remarks: 38 of 200)
-    assert report["right"] * 48 >= 19  # measured 23 of these 48 (54% of 200; the Llama before the remarks: 20)
+    assert report["right"] * 48 >= 26  # measured 31 of these 48 (57% of 200; the model shipped before: 23)

@@ -430,10 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train-lm", help="train the world's language model (captions, then 700 triples) and check it by the grammar"
     )
     train_lm.add_argument("-o", "--output", default="runs/language", help="work folder (default: runs/language)")
-    train_lm.add_argument("--pretrain-steps", type=positive_int, help="steps on the world's captions")
-    train_lm.add_argument("--epochs", type=float, help="fine-tuning passes over the 700 triples")
+    train_lm.add_argument("--pretrain-steps", type=positive_int, help="steps on the world's internet (default 8000)")
+    train_lm.add_argument("--epochs", type=float, help="fine-tuning passes over the 700 triples (default 60)")
     train_lm.add_argument(
-        "--rehearsal", type=whole_number(0), help="internet documents learnt beside each fine-tuning step (default 2)"
+        "--rehearsal", type=whole_number(0), help="internet documents learnt beside each fine-tuning step (default 4)"
     )
     train_lm.add_argument("--captions", type=positive_int, default=200, help="held-out captions to check (200)")
     evaluate_lm = actions.add_parser(
