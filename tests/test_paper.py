@@ -77,3 +77,24 @@ def test_without_a_text_to_image_model_it_says_so_in_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "world", "paper", "-o", tmp_path / "paper", "--text-to-image", tmp_path / "none")
     assert_one_line_error(code, err, "--text-to-image")
     assert not (tmp_path / "paper").exists()
+
+
+def test_compile_reaches_the_pairs_unet(capsys, tmp_path, monkeypatch, text_to_image_model_dir):
+    """`ip2p world paper --compile` draws the pairs with the compiled UNet (the stage is stopped there)."""
+    from test_cli import run
+
+    from instruct_pix2pix.data import image_pairs
+    from instruct_pix2pix.loading.bundle import ModelBundle
+
+    compiled, drawn_with = [], []
+    monkeypatch.setattr(ModelBundle, "compiled", lambda self: compiled.append(self) or self)  # compiling: slow
+
+    def stop(edits, output, model, *args, **kwargs):
+        drawn_with.append(model)
+        raise UserError("stopped after the text stage")
+
+    monkeypatch.setattr(image_pairs, "make_pairs", stop)
+    args = ["world", "paper", "-o", tmp_path / "paper", "--text-to-image", text_to_image_model_dir, "--captions", "2",
+            "--no-progress", "--compile"]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "stopped after the text stage" in err and len(compiled) == 1 and drawn_with == compiled

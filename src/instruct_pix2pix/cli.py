@@ -364,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--editor-steps", type=positive_int, default=1000, help="training steps of each editor")
     paper.add_argument("--editor-batch-size", type=positive_int, default=32, help="their batch (default 32)")
     paper.add_argument("--per-kind", type=positive_int, default=20, help="held-out edits of each kind (default 20)")
+    paper.add_argument("--compile", action="store_true", help="the pairs' " + COMPILE_HELP)
     paper.add_argument("--no-progress", action="store_true")
     sample = actions.add_parser("sample", help="write scenes and their edits as PNGs, with a labelled sheet")
     sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")
@@ -715,7 +716,8 @@ def run_world(args) -> None:
         report = run_paper(
             Path(args.output), Path(args.text_to_image or DEFAULT_TEXT_TO_IMAGE), captions=args.captions,
             candidates=args.candidates, steps=args.steps, keep=args.keep, editor_steps=args.editor_steps,
-            editor_batch_size=args.editor_batch_size, per_kind=args.per_kind, progress=not args.no_progress,
+            editor_batch_size=args.editor_batch_size, per_kind=args.per_kind, compile=args.compile,
+            progress=not args.no_progress,
         )  # fmt: skip
         print(format_report(report))
     elif args.world_command == "pretrain":

@@ -137,10 +137,12 @@ def run_paper(
     per_kind: int = 20,
     batch_size: int = 16,
     clip_filter=None,
+    compile: bool = False,
     progress: bool = True,
 ) -> dict:
     """Run every stage under `work` not done yet; returns the report. `clip_filter`: the paper's
-    (`image_pairs.ClipFilter` with `keep`) unless given."""
+    (`image_pairs.ClipFilter` with `keep`) unless given; `compile`: the pairs' UNet under
+    `torch.compile` (`ModelBundle.compiled`)."""
     from instruct_pix2pix.data.captions import Caption
     from instruct_pix2pix.data.edit_text import write_edits
     from instruct_pix2pix.data.image_pairs import ClipFilter, PairSettings, make_pairs
@@ -173,6 +175,7 @@ def run_paper(
 
     pairs_dir = work / "pairs"
     model = load_model(text_to_image, kind=TEXT_TO_IMAGE)
+    model = model.compiled() if compile else model
     with evaluating(model.unet, model.vae, model.text_encoder):
         make_pairs(read_triples(edits_file), pairs_dir, model, ClipScorer.from_pretrained(),
                    settings=PairSettings(steps=steps, candidates=candidates),
