@@ -73,9 +73,9 @@ MODEL_CONFIG = {
 # (`internet_document`): without them a third of the objects the model names are not in the scene.
 # Fine-tuning runs 60 epochs, not the paper's one: a model of 1.1M parameters does not pick up the
 # format in one; and each step also rehearses 4 documents of the internet (`Rehearsal`), without
-# which fine-tuning unlearns the copying that pretraining taught. 8000 pretraining steps pay only with
-# that rehearsal (with 2 documents, or after 4000 steps, 4 are no better than 2) (the runs behind
-# these choices: README, 'Making data: the text stage').
+# which fine-tuning unlearns the copying that pretraining taught. Pretraining 8000 steps instead of
+# 4000 pays only together with rehearsing 4 documents instead of 2: either change alone is no better
+# than neither (the runs behind these choices: README, 'Making data: the text stage').
 DEFAULTS = {
     "pretrain": {"steps": 8000, "batch_size": 32, "learning_rate": 2e-3, "bf16_autocast": True, "remarks": 2},
     "finetune": {"epochs": 60, "batch_size": 8, "learning_rate": 1e-3, "rehearsal": 4},
