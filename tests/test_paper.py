@@ -4,6 +4,7 @@ runs, the candidates are judged by the scene reader, a rerun does nothing again,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -79,15 +80,17 @@ def test_without_a_text_to_image_model_it_says_so_in_one_line(capsys, tmp_path):
     assert not (tmp_path / "paper").exists()
 
 
-def test_compile_reaches_the_pairs_unet(capsys, tmp_path, monkeypatch, text_to_image_model_dir):
-    """`ip2p world paper --compile` draws the pairs with the compiled UNet (the stage is stopped there)."""
+@pytest.mark.parametrize("flag", [["--compile"], []])
+def test_compile_reaches_the_pairs_unet(capsys, tmp_path, monkeypatch, text_to_image_model_dir, flag):
+    """`ip2p world paper --compile` draws the pairs with the compiled UNet, and without the flag with
+    the UNet as loaded (the run is stopped at the pairs stage)."""
     from test_cli import run
 
     from instruct_pix2pix.data import image_pairs
     from instruct_pix2pix.loading.bundle import ModelBundle
 
     compiled, drawn_with = [], []
-    monkeypatch.setattr(ModelBundle, "compiled", lambda self: compiled.append(self) or self)  # compiling: slow
+    monkeypatch.setattr(ModelBundle, "compiled", lambda self: compiled.append(replace(self)) or compiled[-1])
 
     def stop(edits, output, model, *args, **kwargs):
         drawn_with.append(model)
@@ -95,6 +98,7 @@ def test_compile_reaches_the_pairs_unet(capsys, tmp_path, monkeypatch, text_to_i
 
     monkeypatch.setattr(image_pairs, "make_pairs", stop)
     args = ["world", "paper", "-o", tmp_path / "paper", "--text-to-image", text_to_image_model_dir, "--captions", "2",
-            "--no-progress", "--compile"]  # fmt: skip
+            "--no-progress", *flag]  # fmt: skip
     code, _, err = run(capsys, *args)
-    assert code == 2 and "stopped after the text stage" in err and len(compiled) == 1 and drawn_with == compiled
+    assert code == 2 and "stopped after the text stage" in err and len(drawn_with) == 1
+    assert len(compiled) == len(flag) and all(drawn_with[0] is bundle for bundle in compiled)

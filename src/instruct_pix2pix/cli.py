@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--editor-steps", type=positive_int, default=1000, help="training steps of each editor")
     paper.add_argument("--editor-batch-size", type=positive_int, default=32, help="their batch (default 32)")
     paper.add_argument("--per-kind", type=positive_int, default=20, help="held-out edits of each kind (default 20)")
-    paper.add_argument("--compile", action="store_true", help="the pairs' " + COMPILE_HELP)
+    paper.add_argument("--compile", action="store_true", help="for the pairs: " + COMPILE_HELP)
     paper.add_argument("--no-progress", action="store_true")
     sample = actions.add_parser("sample", help="write scenes and their edits as PNGs, with a labelled sheet")
     sample.add_argument("-o", "--output", default="world-samples", help="folder to write (default: world-samples)")

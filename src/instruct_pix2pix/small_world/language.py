@@ -74,7 +74,7 @@ MODEL_CONFIG = {
 # Fine-tuning runs 60 epochs, not the paper's one: a model of 1.1M parameters does not pick up the
 # format in one; and each step also rehearses 4 documents of the internet (`Rehearsal`), without
 # which fine-tuning unlearns the copying that pretraining taught. Pretraining 8000 steps instead of
-# 4000 pays only together with rehearsing 4 documents instead of 2: either change alone is no better
+# 4000 pays off only in combination with rehearsing 4 documents instead of 2: either change alone is no better
 # than neither (the runs behind these choices: README, 'Making data: the text stage').
 DEFAULTS = {
     "pretrain": {"steps": 8000, "batch_size": 32, "learning_rate": 2e-3, "bf16_autocast": True, "remarks": 2},
