@@ -14,6 +14,7 @@ from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.small_world.edits import KINDS, sample_edits, vocabulary
 from instruct_pix2pix.small_world.language import (
     DEFAULT_LANGUAGE_MODEL,
+    DEFAULTS,
     MODEL_CONFIG,
     apply_instruction,
     check_completion,
@@ -193,3 +194,17 @@ def test_the_shipped_language_model_writes_triples_of_the_world():
     assert report["reasons"].get("malformed", 0) + report["reasons"].get("not a world instruction", 0) <= 8  # 4
     assert report["reasons"].get("does not apply", 0) <= 8  # measured 1 (the Llama before the remarks: 38 of 200)
     assert report["right"] * 48 >= 26  # measured 31 of these 48 (57% of 200; the model shipped before: 23)
+
+
+def test_train_lm_help_states_the_shipped_settings(capsys):
+    """The CLI writes the defaults into its help by hand (importing the model code would slow every
+    command's start-up), so they must be the ones `DEFAULTS` trains with."""
+    from instruct_pix2pix.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["world", "train-lm", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, value in (("--pretrain-steps", DEFAULTS["pretrain"]["steps"]),
+                          ("--epochs", DEFAULTS["finetune"]["epochs"]),
+                          ("--rehearsal", DEFAULTS["finetune"]["rehearsal"])):  # fmt: skip
+        assert f"(default {value})" in text.split(option)[-1].split("--")[0], option
