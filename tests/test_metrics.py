@@ -95,6 +95,39 @@ def test_batches_give_the_values_of_one_at_a_time(tiny_clip_dir):
     torch.testing.assert_close(batched.text_features(CAPTIONS), alone.text_features(CAPTIONS), atol=1e-5, rtol=0)
 
 
+def test_repeated_texts_are_encoded_once_and_each_gets_its_features(tiny_clip_dir, monkeypatch):
+    """A batch of candidates repeats its two captions: each distinct text goes through CLIP once,
+    across batch boundaries, and every row gets the features of its own text."""
+    scorer = ClipScorer.from_pretrained(tiny_clip_dir, batch_size=2)
+    texts = [CAPTIONS[i] for i in (0, 1, 0, 2, 1, 0, 3, 3)]
+    encoded = []
+    forward = scorer.model.get_text_features
+
+    def counted(input_ids, **kwargs):
+        encoded.append(len(input_ids))
+        return forward(input_ids, **kwargs)
+
+    monkeypatch.setattr(scorer.model, "get_text_features", counted)
+    features = scorer.text_features(texts)
+    assert sum(encoded) == 4
+    alone = ClipScorer.from_pretrained(tiny_clip_dir, batch_size=1)
+    torch.testing.assert_close(features, torch.cat([alone.text_features([t]) for t in texts]), atol=1e-5, rtol=0)
+
+
+def test_a_bfloat16_scorer_gives_float32_features_close_to_float32s(tiny_clip_dir):
+    """make-pairs runs CLIP in the pairs' precision: the features come back in float32 and near."""
+    pictures = images(3)
+    full = ClipScorer.from_pretrained(tiny_clip_dir)
+    half = ClipScorer.from_pretrained(tiny_clip_dir, dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16 and full.model.dtype == torch.float32
+    for name in ("image_features", "text_features"):
+        a = getattr(full, name)(pictures if name == "image_features" else CAPTIONS)
+        b = getattr(half, name)(pictures if name == "image_features" else CAPTIONS)
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, atol=0.05, rtol=0)
+        assert not torch.equal(a, b)  # it did run in bfloat16
+
+
 def test_a_model_that_is_not_a_clip_is_refused_in_one_line(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -85,8 +85,9 @@ class ClipScorer:
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, *, resize: str = "processor", device="cpu",
-                        batch_size: int = 64) -> ClipScorer:  # fmt: skip
-        """A transformers CLIP folder or hub id (default: the small world's CLIP shipped in the package)."""
+                        batch_size: int = 64, dtype: torch.dtype | None = None) -> ClipScorer:  # fmt: skip
+        """A transformers CLIP folder or hub id (default: the small world's CLIP shipped in the package),
+        in `dtype` (default float32; features come back in float32 whatever it is)."""
         from instruct_pix2pix.loading import no_torchvision_warnings
 
         source = str(source or DEFAULT_CLIP)
@@ -94,7 +95,8 @@ class ClipScorer:
         with no_torchvision_warnings():
             from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-            model = CLIPModel.from_pretrained(source)  # safetensors first; .bin only through weights_only
+            # safetensors first; .bin only through weights_only
+            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32)
             processor = CLIPImageProcessor.from_pretrained(source)
             tokenizer = AutoTokenizer.from_pretrained(source)
         return cls(model, processor, tokenizer, resize=resize, device=device, batch_size=batch_size)
@@ -119,15 +121,20 @@ class ClipScorer:
 
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N, D) unit-length features, on the CPU; texts longer than CLIP reads are cut, as CLIP does."""
+        """(N, D) unit-length features, on the CPU; texts longer than CLIP reads are cut, as CLIP does.
+        Each distinct text is encoded once (a batch of candidates shares its two captions)."""
+        distinct = list(dict.fromkeys(texts))
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+        for start in range(0, len(distinct), self.batch_size):
+            tokens = self.tokenizer(distinct[start : start + self.batch_size], padding=True, truncation=True,
                                     max_length=self.model.config.text_config.max_position_embeddings,
                                     return_tensors="pt").to(self.device)  # fmt: skip
             features = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             out.append(F.normalize(_features(features).float(), dim=-1))
-        return torch.cat(out).cpu() if out else torch.zeros(0, self.model.config.projection_dim)
+        if not out:
+            return torch.zeros(0, self.model.config.projection_dim)
+        row = {text: i for i, text in enumerate(distinct)}
+        return torch.cat(out).cpu()[[row[text] for text in texts]]
 
     def edit_similarities(self, inputs, outputs, input_captions, output_captions) -> dict[str, np.ndarray]:
         """The paper's four similarities for each edit inputs[i] -> outputs[i]."""
