@@ -247,7 +247,9 @@ def sample_pairs(
     dtype, count = unet.dtype, len(candidates)
     captions = [text for c in candidates for text in (c.input_caption, c.output_caption)]
     length = prompt_length(model.tokenizer, model.text_encoder)
-    conditional = encode_prompts(model.tokenizer, model.text_encoder, captions, device).to(dtype)
+    distinct = {text: row for row, text in enumerate(dict.fromkeys(captions))}  # candidates of an edit share two
+    encoded = encode_prompts(model.tokenizer, model.text_encoder, list(distinct), device).to(dtype)
+    conditional = encoded[[distinct[text] for text in captions]]
     unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""], device).to(dtype)
     context = torch.cat([unconditional.expand(2 * count, -1, -1), conditional])
 
