@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = small_world_text_to_image(DTYPES[args.dtype])
-    scorer = ClipScorer.from_pretrained(dtype=DTYPES[args.dtype])  # as make-pairs: CLIP in the pairs' precision
+    scorer = ClipScorer.from_pretrained()
     candidates = candidates_for(EDIT, 0, PairSettings(candidates=args.candidates), seed=0)
     batches = [candidates[i : i + args.batch_size] for i in range(0, len(candidates), args.batch_size)]
 

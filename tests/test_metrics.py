@@ -114,8 +114,18 @@ def test_repeated_texts_are_encoded_once_and_each_gets_its_features(tiny_clip_di
     torch.testing.assert_close(features, torch.cat([alone.text_features([t]) for t in texts]), atol=1e-5, rtol=0)
 
 
+def test_the_shipped_clip_stored_in_float16_runs_in_float32():
+    """The reference scores in float32; transformers alone would keep the stored float16."""
+    from transformers import AutoConfig
+
+    from instruct_pix2pix.metrics import DEFAULT_CLIP
+
+    assert AutoConfig.from_pretrained(DEFAULT_CLIP).dtype == torch.float16  # what this test is about
+    assert ClipScorer.from_pretrained().model.dtype == torch.float32
+
+
 def test_a_bfloat16_scorer_gives_float32_features_close_to_float32s(tiny_clip_dir):
-    """make-pairs runs CLIP in the pairs' precision: the features come back in float32 and near."""
+    """CLIP in another precision when asked: the features come back in float32 and near."""
     pictures = images(3)
     full = ClipScorer.from_pretrained(tiny_clip_dir)
     half = ClipScorer.from_pretrained(tiny_clip_dir, dtype=torch.bfloat16)

@@ -329,11 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--limit", type=positive_int, help="only the first N edits of the partition")
     pairs.add_argument("--device", default="auto", help="auto (default; under accelerate launch, each "
                        "process's GPU), cpu, cuda, cuda:N, mps")  # fmt: skip
-    pairs.add_argument(
-        "--dtype",
-        choices=tuple(DTYPE_NAMES),
-        help="the text-to-image model's and CLIP's (default: float32 on CPU, float16 on GPUs)",
-    )
+    pairs.add_argument("--dtype", choices=tuple(DTYPE_NAMES), help="default: float32 on CPU, float16 on GPUs")
     pairs.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     pairs.add_argument("--overwrite", action="store_true", help="start again in a folder that holds other pairs")
     pairs.add_argument("--no-progress", action="store_true")
@@ -860,7 +856,7 @@ def run_make_pairs(args) -> None:
               "edits": os.path.abspath(args.edits)}  # fmt: skip
     check_output(output, record, settings, clip_filter, args.seed, args.num_partitions, args.format, args.overwrite)
     model = load_model(model_source, kind=TEXT_TO_IMAGE, dtype=dtype, config=args.config)
-    scorer = ClipScorer.from_pretrained(clip_source, device=device, dtype=dtype)  # CLIP in the pairs' precision
+    scorer = ClipScorer.from_pretrained(clip_source, device=device)
     for part in (model.unet, model.vae, model.text_encoder):
         part.to(device)
     if args.compile:

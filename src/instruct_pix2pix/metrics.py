@@ -87,7 +87,9 @@ class ClipScorer:
     def from_pretrained(cls, source: str | Path | None = None, *, resize: str = "processor", device="cpu",
                         batch_size: int = 64, dtype: torch.dtype | None = None) -> ClipScorer:  # fmt: skip
         """A transformers CLIP folder or hub id (default: the small world's CLIP shipped in the package),
-        in `dtype` (default float32; features come back in float32 whatever it is)."""
+        in `dtype`: float32 unless given, the reference's precision, whatever the checkpoint is stored in
+        (transformers would keep the shipped CLIP's float16, which CPUs run 7x slower); features come
+        back in float32 either way."""
         from instruct_pix2pix.loading import no_torchvision_warnings
 
         source = str(source or DEFAULT_CLIP)
@@ -169,7 +171,7 @@ class DinoScorer:
         with no_torchvision_warnings():
             from transformers import AutoImageProcessor, AutoModel
 
-            model = AutoModel.from_pretrained(str(source))
+            model = AutoModel.from_pretrained(str(source), dtype=torch.float32)  # as CLIP: float32 whatever is stored
             processor = AutoImageProcessor.from_pretrained(str(source))
         return cls(model, processor, device=device, batch_size=batch_size)
 

@@ -247,7 +247,7 @@ def sample_pairs(
     dtype, count = unet.dtype, len(candidates)
     captions = [text for c in candidates for text in (c.input_caption, c.output_caption)]
     length = prompt_length(model.tokenizer, model.text_encoder)
-    distinct = {text: row for row, text in enumerate(dict.fromkeys(captions))}  # candidates of an edit share two
+    distinct = {text: row for row, text in enumerate(dict.fromkeys(captions))}  # an edit's candidates share them
     encoded = encode_prompts(model.tokenizer, model.text_encoder, list(distinct), device).to(dtype)
     conditional = encoded[[distinct[text] for text in captions]]
     unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""], device).to(dtype)
