@@ -33,6 +33,7 @@ from PIL import Image
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import unit_pixels
 from instruct_pix2pix.loading.sources import DEFAULT_CLIP  # the small world's CLIP
+from instruct_pix2pix.prompts import distinct_texts
 from instruct_pix2pix.settings import REFERENCE_CLIP
 
 RESIZES = ("processor", "bicubic")
@@ -125,7 +126,7 @@ class ClipScorer:
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) unit-length features, on the CPU; texts longer than CLIP reads are cut, as CLIP does.
         Each distinct text is encoded once (a batch of candidates shares its two captions)."""
-        distinct = list(dict.fromkeys(texts))
+        distinct, rows = distinct_texts(texts)
         out = []
         for start in range(0, len(distinct), self.batch_size):
             tokens = self.tokenizer(distinct[start : start + self.batch_size], padding=True, truncation=True,
@@ -133,10 +134,7 @@ class ClipScorer:
                                     return_tensors="pt").to(self.device)  # fmt: skip
             features = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             out.append(F.normalize(_features(features).float(), dim=-1))
-        if not out:
-            return torch.zeros(0, self.model.config.projection_dim)
-        row = {text: i for i, text in enumerate(distinct)}
-        return torch.cat(out).cpu()[[row[text] for text in texts]]
+        return torch.cat(out).cpu()[rows] if out else torch.zeros(0, self.model.config.projection_dim)
 
     def edit_similarities(self, inputs, outputs, input_captions, output_captions) -> dict[str, np.ndarray]:
         """The paper's four similarities for each edit inputs[i] -> outputs[i]."""

@@ -17,6 +17,14 @@ from instruct_pix2pix.errors import EditWarning
 PromptCheck = Callable[[str], None]
 
 
+def distinct_texts(texts: Iterable[str]) -> tuple[list[str], list[int]]:
+    """Each text once, in the order first seen, and for every text its row among them: encode the
+    first list and index the result with the second (a batch of candidates repeats its captions)."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(text, len(rows)) for text in texts]
+    return list(rows), index
+
+
 def prompt_length(tokenizer, text_encoder) -> int:
     """Tokens per prompt: the tokenizer's length, capped by the encoder's position embeddings."""
     return min(tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", 10**6), 10**6)

@@ -39,7 +39,7 @@ from PIL import Image
 
 from instruct_pix2pix.errors import UserError
 from instruct_pix2pix.images import to_pil
-from instruct_pix2pix.prompts import encode_prompts, prompt_length
+from instruct_pix2pix.prompts import distinct_texts, encode_prompts, prompt_length
 from instruct_pix2pix.settings import PAIR_GUIDANCE_RANGE, PAIR_MODES, PAIR_P_RANGE, PAIR_SELF_REPLACE, make_scheduler
 
 MODES = PAIR_MODES
@@ -247,9 +247,8 @@ def sample_pairs(
     dtype, count = unet.dtype, len(candidates)
     captions = [text for c in candidates for text in (c.input_caption, c.output_caption)]
     length = prompt_length(model.tokenizer, model.text_encoder)
-    distinct = {text: row for row, text in enumerate(dict.fromkeys(captions))}  # an edit's candidates share them
-    encoded = encode_prompts(model.tokenizer, model.text_encoder, list(distinct), device).to(dtype)
-    conditional = encoded[[distinct[text] for text in captions]]
+    distinct, rows = distinct_texts(captions)  # an edit's candidates share its two captions
+    conditional = encode_prompts(model.tokenizer, model.text_encoder, distinct, device).to(dtype)[rows]
     unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""], device).to(dtype)
     context = torch.cat([unconditional.expand(2 * count, -1, -1), conditional])
 
