@@ -12,18 +12,18 @@ edit kind (the share whose written caption is exactly the right one):
     python benchmarks/trials/lm_apply_probe.py MODEL_DIR [COUNT]   (instructed too when fine-tuned)
 """
 
-import random
 import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
+from lm_copy_probe import narrated_changes
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
-from instruct_pix2pix.small_world.edits import KINDS, edit_rng, sample_edits
-from instruct_pix2pix.small_world.language import TEST_SPLIT, described, narrated_change
-from instruct_pix2pix.small_world.scenes import caption, sample_scene
+from instruct_pix2pix.small_world.edits import KINDS, sample_edits
+from instruct_pix2pix.small_world.language import TEST_SPLIT
+from instruct_pix2pix.small_world.scenes import caption
 
 
 @torch.no_grad()
@@ -46,18 +46,9 @@ def rates(kinds: list[str], right: list[bool]) -> dict[str, str]:
 
 def narrated(model, tokenizer, count: int = 270, remarks: int = 2) -> dict[str, str]:
     """The held-out changes of `lm_copy_probe.narrated_copies`, written out greedily."""
-    prompts, wanted, kinds = [], [], []
-    for index in range(count):
-        rng = edit_rng(TEST_SPLIT, 10_000 + index)
-        scene, kind = sample_scene(rng), KINDS[index % len(KINDS)]
-        change = narrated_change(scene, kind, rng)
-        if change is None:
-            continue
-        line, after = change
-        prompts.append("\n".join([*described(scene, remarks, random.Random(index)), line]) + "\n")
-        wanted.append(caption(after))
-        kinds.append(kind)
-    return rates(kinds, [w == g for w, g in zip(wanted, greedy(model, tokenizer, prompts, "\n"))])
+    kinds, _, prompts, afters = zip(*narrated_changes(count, remarks))
+    written = greedy(model, tokenizer, list(prompts), "\n")
+    return rates(list(kinds), [caption(after) == w for after, w in zip(afters, written)])
 
 
 def instructed(model, tokenizer, count: int = 270) -> dict[str, str]:

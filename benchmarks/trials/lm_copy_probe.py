@@ -122,6 +122,19 @@ def copied_tokens(before: list[int], after: list[int]) -> list[bool]:
     return copied
 
 
+def narrated_changes(count: int, remarks: int):
+    """Held-out changes, the kinds in turn, as the internet tells them: (kind, scene, the scene's caption
+    and remarks and the line that tells the change, each ending in a newline, the scene after it);
+    the kinds that do not apply to their scene are left out."""
+    for index in range(count):
+        rng = edit_rng(TEST_SPLIT, 10_000 + index)
+        scene, kind = sample_scene(rng), KINDS[index % len(KINDS)]
+        change = narrated_change(scene, kind, rng)
+        if change is not None:
+            line, after = change
+            yield kind, scene, "\n".join([*described(scene, remarks, random.Random(index)), line]) + "\n", after
+
+
 def narrated_copies(source, count: int = 270, remarks: int = 2) -> dict[str, str]:
     """Teacher-forced in the internet's own format (a held-out caption, `remarks` remarks, the line
     that tells a change, the caption after it): of the changes of each kind, how many get every
@@ -131,14 +144,8 @@ def narrated_copies(source, count: int = 270, remarks: int = 2) -> dict[str, str
     model = AutoModelForCausalLM.from_pretrained(source).eval()
     clean: Counter = Counter()
     changes: Counter = Counter()
-    for index in range(count):
-        rng = edit_rng(TEST_SPLIT, 10_000 + index)
-        scene, kind = sample_scene(rng), KINDS[index % len(KINDS)]
-        change = narrated_change(scene, kind, rng)
-        if change is None:
-            continue
-        narration, after = change
-        head = tokenizer("\n".join([*described(scene, remarks, random.Random(index)), narration]) + "\n").input_ids
+    for kind, scene, told, after in narrated_changes(count, remarks):
+        head = tokenizer(told).input_ids
         second = tokenizer(caption(after)).input_ids
         with torch.no_grad():
             probabilities = model(torch.tensor([head + second])).logits[0].float().softmax(-1)
