@@ -9,7 +9,7 @@ from conftest import SD15_SCHEDULER_CONFIG, tiny_parts
 from diffusers import DDPMScheduler
 
 from instruct_pix2pix.loading import widen_conv_in
-from instruct_pix2pix.training.objective import dropout_masks, training_loss
+from instruct_pix2pix.training.objective import changed_region_weights, dropout_masks, training_loss
 
 
 def diffusers_recipe_loss(
@@ -113,3 +113,32 @@ def test_widen_conv_in_keeps_the_function_and_the_bias():
     assert torch.equal(unet.conv_in.weight[:, :4], old_weight) and torch.all(unet.conv_in.weight[:, 4:] == 0)
     assert torch.equal(unet.conv_in.bias, old_bias)  # diffusers' script re-initialises it
     assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_changed_region_weights_count_the_changed_positions_more():
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(2, 4, 8, 8, generator=g)
+    after = before.clone()
+    after[0, 2, 1, 3] += 0.5  # one channel of one position changes
+    after[1, :, 4:6, 4:6] -= 1.0
+    after[1, 0, 0, 0] += 0.05  # below CHANGED: kept
+    weights = changed_region_weights(after, before, 4.0)
+    changed = torch.zeros(2, 8, 8, dtype=torch.bool)
+    changed[0, 1, 3], changed[1, 4:6, 4:6] = True, True
+    assert torch.equal(weights, torch.where(changed, 5.0, 1.0))
+
+    scheduler = DDPMScheduler.from_config({**SD15_SCHEDULER_CONFIG, "prediction_type": "epsilon"})
+    noise = torch.randn(2, 4, 8, 8, generator=g)
+
+    def zero_unet(x, t, encoder_hidden_states, return_dict):
+        return (torch.zeros_like(x[:, :4]),)  # the loss is then the noise's own square
+
+    def loss(position_weights):
+        text, null = torch.zeros(2, 3, 8), torch.zeros(1, 3, 8)
+        return training_loss(zero_unet, scheduler, after, before, text, null, noise, torch.tensor([5, 500]),
+                             torch.ones(2), 0.05, position_weights=position_weights)  # fmt: skip
+
+    assert torch.allclose(loss(None), (noise**2).mean())
+    assert torch.allclose(loss(torch.ones(2, 8, 8)), (noise**2).mean())
+    normalised = weights / weights.mean((1, 2), keepdim=True)
+    assert torch.allclose(loss(weights), (noise**2 * normalised[:, None]).mean())

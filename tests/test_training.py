@@ -168,6 +168,8 @@ def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_pat
         (["lr_scheduler=sometimes"], "lr_scheduler"),
         (["learning_rate=-1"], "learning_rate must be a positive number"),
         (["adam_beta2=1.5"], r"adam_beta2 must be in \[0, 1\)"),
+        (["changed_region_weight=-1"], "changed_region_weight must be a positive number"),
+        (["task=text-to-image", "changed_region_weight=4"], "text-to-image has none"),
     ],
 )
 def test_bad_settings(overrides, message, tmp_path):
@@ -300,6 +302,21 @@ def test_cached_latents_give_the_losses_of_an_uncached_run(tiny_dataset, tmp_pat
     # images through the VAE: two per example and step / two per example, once (20 or 21 examples seen)
     assert runs[False][1] == 8 * 4 * 2 and 20 * 2 <= runs[True][1] <= 21 * 2
     assert np.allclose(runs[True][0], runs[False][0], rtol=1e-5, atol=0)
+
+
+def test_changed_region_weight_reaches_the_loss(tiny_dataset, tmp_path, monkeypatch):
+    from instruct_pix2pix.training import objective, trainer
+
+    seen = []
+    loss = trainer.training_loss
+    monkeypatch.setattr(trainer, "training_loss", lambda *a: seen.append(a[-1]) or loss(*a))
+    monkeypatch.setattr(objective, "CHANGED", -1.0)  # the tiny random VAE's latents barely move: count all as changed
+    for weight in (None, 4):
+        train(load_config(None, settings(tiny_dataset, tmp_path / f"w{weight}", max_train_steps=1,
+                                         changed_region_weight=weight)), show_progress=False)  # fmt: skip
+    unweighted, weighted = seen[0], seen[-1]
+    assert unweighted is None and weighted.shape == (2, 16, 16)  # a micro-batch of 2, 32 px through the 2x VAE
+    assert torch.equal(weighted, torch.full((2, 16, 16), 5.0))  # (which positions count: test_objective.py)
 
 
 def test_cache_needs_augmentation_off(tmp_path):

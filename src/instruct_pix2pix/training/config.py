@@ -42,6 +42,7 @@ class TrainConfig:
     conditioning_dropout_prob: float = 0.05  # edit: p: 5% text dropped, 5% both, 5% image (at 0.05)
     proportion_empty_prompts: float = 0.0  # text-to-image: share of captions replaced by "" (for guidance)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is diffusers' suggestion); none: plain MSE
+    changed_region_weight: float | None = None  # edit: extra loss weight where the edit changes the latents; none: off
     train_text_encoder: bool = False  # train the text encoder too (train_dreambooth.py's --train_text_encoder)
     text_encoder_learning_rate: float | None = None  # its peak learning rate (none: learning_rate)
     # --- optimisation ---
@@ -105,6 +106,11 @@ class TrainConfig:
             raise UserError(f"proportion_empty_prompts must be in [0, 1], not {self.proportion_empty_prompts}")
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise UserError(f"snr_gamma must be a positive number (or none), not {self.snr_gamma}")
+        weight = self.changed_region_weight
+        if weight is not None and not (math.isfinite(weight) and weight > 0):
+            raise UserError(f"changed_region_weight must be a positive number (or none), not {weight}")
+        if weight is not None and self.task != "edit":
+            raise UserError("changed_region_weight weights the region an edit changes; text-to-image has none")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -49,7 +49,7 @@ from instruct_pix2pix.training.checkpoints import (
     save_checkpoint,
 )
 from instruct_pix2pix.training.config import TrainConfig
-from instruct_pix2pix.training.objective import text_to_image_loss, training_loss
+from instruct_pix2pix.training.objective import changed_region_weights, text_to_image_loss, training_loss
 from instruct_pix2pix.training.validation import save_validation_grid, validation_inputs
 
 
@@ -385,7 +385,11 @@ def batch_loss(
             unet, noise_scheduler, target_latents, text_embeds, null_text_embeds, noise, timesteps, r,
             config.proportion_empty_prompts, config.snr_gamma,
         )  # fmt: skip
+    weights = None  # the edit's changed region counted more (`changed_region_weight`), or plain MSE
+    if config.changed_region_weight is not None:
+        scale = vae.config.scaling_factor
+        weights = changed_region_weights(mean * scale, image_latents * scale, config.changed_region_weight)
     return training_loss(
         unet, noise_scheduler, target_latents, image_latents, text_embeds, null_text_embeds, noise, timesteps, r,
-        config.conditioning_dropout_prob, config.snr_gamma,
+        config.conditioning_dropout_prob, config.snr_gamma, weights,
     )  # fmt: skip
