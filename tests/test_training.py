@@ -168,6 +168,7 @@ def test_export_round_trips_through_the_single_file_loader(tiny_dataset, tmp_pat
         (["lr_scheduler=sometimes"], "lr_scheduler"),
         (["learning_rate=-1"], "learning_rate must be a positive number"),
         (["adam_beta2=1.5"], r"adam_beta2 must be in \[0, 1\)"),
+        (["snr_gamma=0"], "snr_gamma must be a positive number"),
         (["changed_region_weight=-1"], "changed_region_weight must be a positive number"),
         (["task=text-to-image", "changed_region_weight=4"], "text-to-image has none"),
     ],

@@ -91,8 +91,10 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("learning_rate", "text_encoder_learning_rate", "adam_epsilon", "max_grad_norm"):
-            value = getattr(self, name)  # only text_encoder_learning_rate may be none
+        positive = ("learning_rate", "adam_epsilon", "max_grad_norm")
+        optional = ("text_encoder_learning_rate", "snr_gamma", "changed_region_weight")  # none: unset
+        for name in positive + optional:
+            value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise UserError(f"{name} must be a positive number, not {getattr(self, name)}")
         for name in ("adam_beta1", "adam_beta2", "ema_decay"):
@@ -104,12 +106,7 @@ class TrainConfig:
             raise UserError(f"task must be {' or '.join(TASKS)}, not {self.task!r}")
         if not 0 <= self.proportion_empty_prompts <= 1:
             raise UserError(f"proportion_empty_prompts must be in [0, 1], not {self.proportion_empty_prompts}")
-        if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
-            raise UserError(f"snr_gamma must be a positive number (or none), not {self.snr_gamma}")
-        weight = self.changed_region_weight
-        if weight is not None and not (math.isfinite(weight) and weight > 0):
-            raise UserError(f"changed_region_weight must be a positive number (or none), not {weight}")
-        if weight is not None and self.task != "edit":
+        if self.changed_region_weight is not None and self.task != "edit":
             raise UserError("changed_region_weight weights the region an edit changes; text-to-image has none")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise UserError("conditioning_dropout_prob must be in [0, 1/3] (it is used three times: text, both, image)")
