@@ -13,15 +13,14 @@ edit kind (the share whose written caption is exactly the right one):
 """
 
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
-from lm_copy_probe import narrated_changes
+from lm_copy_probe import kind_counts, narrated_changes
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instruct_pix2pix.data.triples import PROMPT_END, SEPARATOR, STOP
-from instruct_pix2pix.small_world.edits import KINDS, sample_edits
+from instruct_pix2pix.small_world.edits import sample_edits
 from instruct_pix2pix.small_world.language import TEST_SPLIT
 from instruct_pix2pix.small_world.scenes import caption
 
@@ -39,16 +38,11 @@ def greedy(model, tokenizer, prompts: list[str], end: str, batch_size: int = 32)
     return written
 
 
-def rates(kinds: list[str], right: list[bool]) -> dict[str, str]:
-    total, good = Counter(kinds), Counter(k for k, r in zip(kinds, right) if r)
-    return {"all": f"{sum(right)}/{len(right)}", **{k: f"{good[k]}/{total[k]}" for k in KINDS if total[k]}}
-
-
 def narrated(model, tokenizer, count: int = 270, remarks: int = 2) -> dict[str, str]:
     """The held-out changes of `lm_copy_probe.narrated_copies`, written out greedily."""
     kinds, _, prompts, afters = zip(*narrated_changes(count, remarks))
     written = greedy(model, tokenizer, list(prompts), "\n")
-    return rates(list(kinds), [caption(after) == w for after, w in zip(afters, written)])
+    return kind_counts(list(kinds), [caption(after) == w for after, w in zip(afters, written)])
 
 
 def instructed(model, tokenizer, count: int = 270) -> dict[str, str]:
@@ -56,7 +50,7 @@ def instructed(model, tokenizer, count: int = 270) -> dict[str, str]:
     edits = list(sample_edits(TEST_SPLIT, count))
     prompts = [e.input_caption + PROMPT_END + e.instruction + SEPARATOR for e in edits]
     written = greedy(model, tokenizer, prompts, STOP)
-    return rates([e.kind for e in edits], [e.edited_caption == w for e, w in zip(edits, written)])
+    return kind_counts([e.kind for e in edits], [e.edited_caption == w for e, w in zip(edits, written)])
 
 
 if __name__ == "__main__":

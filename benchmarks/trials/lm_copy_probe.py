@@ -122,6 +122,12 @@ def copied_tokens(before: list[int], after: list[int]) -> list[bool]:
     return copied
 
 
+def kind_counts(kinds: list[str], good: list[bool]) -> dict[str, str]:
+    """ "good/all", over all and for each edit kind present."""
+    total, right = Counter(kinds), Counter(k for k, g in zip(kinds, good) if g)
+    return {"all": f"{sum(good)}/{len(good)}", **{k: f"{right[k]}/{total[k]}" for k in KINDS if total[k]}}
+
+
 def narrated_changes(count: int, remarks: int):
     """Held-out changes, the kinds in turn, as the internet tells them: (kind, scene, the scene's caption
     and remarks and the line that tells the change, each ending in a newline, the scene after it);
@@ -142,17 +148,16 @@ def narrated_copies(source, count: int = 270, remarks: int = 2) -> dict[str, str
     pretraining's copying the fine-tuning kept."""
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source).eval()
-    clean: Counter = Counter()
-    changes: Counter = Counter()
+    kinds, clean = [], []
     for kind, scene, told, after in narrated_changes(count, remarks):
         head = tokenizer(told).input_ids
         second = tokenizer(caption(after)).input_ids
         with torch.no_grad():
             probabilities = model(torch.tensor([head + second])).logits[0].float().softmax(-1)
         copied = copied_tokens(tokenizer(caption(scene)).input_ids, second)
-        changes[kind] += 1
-        clean[kind] += all(probabilities[len(head) + i - 1, t] >= 0.5 for i, t in enumerate(second) if copied[i])
-    return {"all": f"{sum(clean.values())}/{sum(changes.values())}", **{k: f"{clean[k]}/{changes[k]}" for k in changes}}
+        kinds.append(kind)
+        clean.append(all(probabilities[len(head) + i - 1, t] >= 0.5 for i, t in enumerate(second) if copied[i]))
+    return kind_counts(kinds, clean)
 
 
 def edit_probabilities(source, count: int = 108) -> dict:
