@@ -361,6 +361,8 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_
     shutil.copytree(DEFAULT_CLIP, work / "clip" / "model")
     shutil.copytree(DEFAULT_MODEL / "vae", work / "vae" / "model")
     monkeypatch.setattr(recipe, "COOLDOWN_STEPS", 1)
+    monkeypatch.setattr(recipe, "EVALUATION_PER_KIND", 1)
+    monkeypatch.setattr(recipe, "EVALUATION_CAPTIONS", 2)
     monkeypatch.setattr(recipe, "package", lambda *a, **k: pytest.fail("package_model=False must not package"))
 
     trained = run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False)
@@ -382,13 +384,20 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_
     filled = (work / "data-filler" / "train-triples.jsonl").read_text().splitlines()
     assert len(filled) == 32 and 0 < len(set(filled) - set(plain)) < 32  # some instructions have made-up words
     assert cool["train_data"] == str(work / "data")
+    results = {stage: work / "evaluation" / stage / "results.json" for stage in ("t2i", "unet")}
+    evaluated = {stage: json.loads(path.read_text()) for stage, path in results.items()}
+    assert evaluated["unet"]["model"] == str(trained) and evaluated["unet"]["per_kind"] == 1
+    assert (evaluated["unet"]["guidance_scale"], evaluated["unet"]["image_guidance_scale"]) == (1.5, 1.5)  # as shipped
+    assert evaluated["t2i"]["model"] == str(work / "t2i" / "model") and evaluated["t2i"]["guidance_rescale"] == 0.7
 
-    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
+    before = {p: p.stat().st_mtime_ns for p in [*work.rglob("*.safetensors"), *work.rglob("results.json")]}
     assert run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False) == trained
-    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == before  # every stage skipped
+    after = {p: p.stat().st_mtime_ns for p in [*work.rglob("*.safetensors"), *work.rglob("results.json")]}
+    assert after == before  # every stage skipped, the evaluations too
 
     monkeypatch.setattr(recipe, "package_language_model", lambda *a: pytest.fail("the comparison arm is not shipped"))
     scratch = run_recipe(work, steps=1, from_scratch=True)
     assert scratch == work / "unet-scratch-filler2" / "model"
     arm = json.loads((work / "unet-scratch" / "config.json").read_text())
     assert arm["from_scratch"] == str(work / "scratch") and arm["pretrained_model_name_or_path"] is None
+    assert (work / "evaluation" / "unet-scratch" / "examples.png").is_file()

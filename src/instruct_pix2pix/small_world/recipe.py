@@ -19,7 +19,9 @@
    filler2   once more the same way from the filler stage's model (`FILLER_STAGES`)
 7. package   both models in float16 where that loses nothing measurable, and the language model,
              into the package
-8. evaluate  `ip2p world evaluate` on held-out scenes; table, JSON and figure next to the model
+8. evaluate  `ip2p world evaluate` on the editor (held-out scenes, both wordings) and the
+             text-to-image model (held-out captions), at the settings they ship with: results.json,
+             table.md and examples.png in evaluation/<stage>
 
 Each stage leaves its result under the work folder and is skipped when that result is there, and
 the long ones (CLIP, VAE, the two UNets) checkpoint as they go: a killed run picks up where it stopped.
@@ -50,7 +52,7 @@ COOLDOWN = ["lr_scheduler=linear"]
 COOLDOWN_STEPS = 1500
 # Then one more such stage on the same edits with made-up words in 30% of the instructions
 # (`edits.with_filler`), so that the editor edits past words it does not know instead of stopping at
-# them: held-out wording 45% -> 66% right on 10 held-out edits a kind (README).
+# them: held-out wording 48% -> 66% right on 10 held-out edits a kind (README).
 FILLER = 0.3
 # Two such stages, the second from the first's model: 82% -> 83% right with training wording and
 # 67% -> 71% held out on 40 held-out edits a kind (README).
@@ -63,6 +65,8 @@ CLIP_FILES = (
     "special_tokens_map.json",
     "preprocessor_config.json",
 )
+EVALUATION_PER_KIND = 40  # held-out scenes of each edit kind: `ip2p world evaluate`'s default, the README's
+EVALUATION_CAPTIONS = 200  # held-out captions for the text-to-image model, as in the README
 
 
 def _done(path: Path, stage: str) -> bool:
@@ -255,5 +259,27 @@ def run_recipe(
         print("[package] ...")
         package(trained, clip, text_to_image)
         package_language_model(work / "language" / "model")
-    print(f"[evaluate] run `ip2p world evaluate` next; all stages took {(time.time() - started) / 60:.1f} min")
+    evaluation = work / "evaluation"
+    if text_to_image is not None and not _done(evaluation / "t2i" / "examples.png", "evaluate t2i"):
+        evaluate_model(text_to_image, evaluation / "t2i", text_to_image_about())
+    if not _done(evaluation / name / "examples.png", f"evaluate {name}"):
+        evaluate_model(trained, evaluation / name, about())
+    print(f"[done] all stages took {(time.time() - started) / 60:.1f} min")
     return trained
+
+
+def evaluate_model(trained: Path, output: Path, about_model: dict) -> None:
+    """`ip2p world evaluate` on a trained model, at the settings it is shipped with (`about_model`):
+    an editor on held-out scenes, a text-to-image model on held-out captions."""
+    from instruct_pix2pix import Editor
+    from instruct_pix2pix.editing import pick_device, pick_dtype
+    from instruct_pix2pix.loading import ANY, load_model
+    from instruct_pix2pix.small_world.evaluate import SETTINGS, run_evaluation, run_text_to_image_evaluation
+
+    device = pick_device()
+    model = load_model(trained, kind=ANY, dtype=pick_dtype(None, device))
+    settings = SETTINGS.replace(**about_model["settings"])
+    if model.kind == "text-to-image":
+        print(run_text_to_image_evaluation(model, output, settings, count=EVALUATION_CAPTIONS, device=device))
+    else:
+        print(run_evaluation(Editor.for_model(model, device), output, settings, per_kind=EVALUATION_PER_KIND))
