@@ -3,7 +3,11 @@ on held-out scenes (training wording) against the editor's steps, and against th
 everything the editor needed, the text-to-image model it starts from included (equal total compute);
 one row of panels per text guidance (1.5, the shipped model's, and 7.5, the world's default).
 
-    python benchmarks/trials/editor_curves.py OUTPUT.png [RUN ...]   (default: every run in the file)
+    python benchmarks/trials/editor_curves.py OUTPUT.png [RUN ...] [RUN=SECONDS ...]   (default: every run)
+
+RUN=SECONDS counts a run's steps at SECONDS a step instead of its own: for a run repeated on another
+machine than the arms it is compared with (the from-scratch arm, rerun on a faster VM, at its first
+run's 0.647 s a step: `editor-scratch=0.647`).
 
 Training time is steps times the run's step time on a quiet machine, the 10th percentile of its
 step times (metrics.jsonl: batch / samples_per_s), so pauses, evaluations and steps slowed by other
@@ -30,11 +34,16 @@ POINTS = Path("docs/small-world/editor-curves.json")
 KEYS = ("success_text_1.5", "success")  # text guidance 1.5 (the shipped model's), 7.5 (the world's default)
 
 
+STEP_SECONDS: dict[str, float] = {}  # run folder name -> seconds a step, given as RUN=SECONDS
+
+
 @functools.cache
 def step_time(run: Path) -> tuple[float, int]:
     """(seconds a step on a quiet machine, configured steps) of the run in `run` (its metrics.jsonl
-    and config.json); read once a run, however many trial rows start from it."""
+    and config.json, or STEP_SECONDS); read once a run, however many trial rows start from it."""
     config = json.loads((run / "config.json").read_text())
+    if run.name in STEP_SECONDS:
+        return STEP_SECONDS[run.name], config["max_train_steps"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = statistics.quantiles([config["train_batch_size"] / row["samples_per_s"] for row in rows], n=10)[0]
     return step, config["max_train_steps"]
@@ -83,7 +92,9 @@ def curves() -> dict[str, list[list[float]]]:
 
 
 def main() -> None:
-    output, names = Path(sys.argv[1]), sys.argv[2:]
+    output, names = Path(sys.argv[1]), [arg for arg in sys.argv[2:] if "=" not in arg]
+    given = (arg.partition("=") for arg in sys.argv[2:] if "=" in arg)
+    STEP_SECONDS.update((run, float(seconds)) for run, _, seconds in given)
     stored = json.loads(POINTS.read_text()) if POINTS.exists() else {}
     points = {**stored, **curves()}
     POINTS.write_text(json.dumps(points, indent=1) + "\n")
