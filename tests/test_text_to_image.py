@@ -352,6 +352,7 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_
     each from the model before, on instructions with made-up words, each skipped once its model is
     there; the from-scratch arm starts from the assembled folder and is never packaged."""
     from instruct_pix2pix.loading import DEFAULT_MODEL
+    from instruct_pix2pix.small_world import evaluate as world_evaluation
     from instruct_pix2pix.small_world import recipe
     from instruct_pix2pix.small_world.recipe import DEFAULT_CLIP, run_recipe
 
@@ -361,8 +362,8 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_
     shutil.copytree(DEFAULT_CLIP, work / "clip" / "model")
     shutil.copytree(DEFAULT_MODEL / "vae", work / "vae" / "model")
     monkeypatch.setattr(recipe, "COOLDOWN_STEPS", 1)
-    monkeypatch.setattr(recipe, "EVALUATION_PER_KIND", 1)
-    monkeypatch.setattr(recipe, "EVALUATION_CAPTIONS", 2)
+    monkeypatch.setattr(world_evaluation, "PER_KIND", 1)
+    monkeypatch.setattr(world_evaluation, "CAPTIONS", 2)
     monkeypatch.setattr(recipe, "package", lambda *a, **k: pytest.fail("package_model=False must not package"))
 
     trained = run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False)
@@ -389,6 +390,7 @@ def test_the_recipe_chains_text_to_image_editor_cool_down_and_filler_stages_and_
     assert evaluated["unet"]["model"] == str(trained) and evaluated["unet"]["per_kind"] == 1
     assert (evaluated["unet"]["guidance_scale"], evaluated["unet"]["image_guidance_scale"]) == (1.5, 1.5)  # as shipped
     assert evaluated["t2i"]["model"] == str(work / "t2i" / "model") and evaluated["t2i"]["guidance_rescale"] == 0.7
+    assert "\n| 2 | " in (work / "evaluation" / "t2i" / "table.md").read_text()  # captions drawn
 
     before = {p: p.stat().st_mtime_ns for p in [*work.rglob("*.safetensors"), *work.rglob("results.json")]}
     assert run_recipe(work, edits=32, steps=2, text_to_image_steps=1, package_model=False) == trained

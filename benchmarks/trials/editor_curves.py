@@ -7,7 +7,8 @@ one row of panels per text guidance (1.5, the shipped model's, and 7.5, the worl
 
 RUN=SECONDS counts a run's steps at SECONDS a step instead of its own: for a run repeated on another
 machine than the arms it is compared with (the from-scratch arm, rerun on a faster VM, at its first
-run's 0.647 s a step: `editor-scratch=0.647`).
+run's 0.647 s a step: `editor-scratch=0.647`); it does not choose the runs drawn. (That rerun's
+points replaced its first run's, which are stored as "editor-scratch, first run (from scratch)".)
 
 Training time is steps times the run's step time on a quiet machine, the 10th percentile of its
 step times (metrics.jsonl: batch / samples_per_s), so pauses, evaluations and steps slowed by other
@@ -94,7 +95,7 @@ def curves() -> dict[str, list[list[float]]]:
 def main() -> None:
     output, names = Path(sys.argv[1]), [arg for arg in sys.argv[2:] if "=" not in arg]
     given = (arg.partition("=") for arg in sys.argv[2:] if "=" in arg)
-    STEP_SECONDS.update((run, float(seconds)) for run, _, seconds in given)
+    STEP_SECONDS.update((Path(run).name, float(seconds)) for run, _, seconds in given)
     stored = json.loads(POINTS.read_text()) if POINTS.exists() else {}
     points = {**stored, **curves()}
     POINTS.write_text(json.dumps(points, indent=1) + "\n")

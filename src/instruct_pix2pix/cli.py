@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--count", type=positive_int, default=2, help="edits of each kind (default: 2)")
     sample.add_argument("--seed", type=int, default=0)
     from instruct_pix2pix.small_world.edits import KINDS
+    from instruct_pix2pix.small_world.evaluate import CAPTIONS, PER_KIND
     from instruct_pix2pix.small_world.evaluate import SETTINGS as small_world_settings
 
     generate = actions.add_parser("generate", help="write a training dataset (parquet or the reference format)")
@@ -401,9 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("-o", "--output", default="world-evaluation", help="folder for the JSON, table and figure")
     add_model_options(evaluate)
-    evaluate.add_argument("--per-kind", type=positive_int, default=40, help="held-out edits of each kind (default: 40)")
     evaluate.add_argument(
-        "--captions", type=positive_int, default=200, help="a text-to-image model: held-out captions to draw (200)"
+        "--per-kind", type=positive_int, default=PER_KIND, help=f"held-out edits of each kind (default: {PER_KIND})"
+    )
+    evaluate.add_argument(
+        "--captions",
+        type=positive_int,
+        default=CAPTIONS,
+        help=f"a text-to-image model: held-out captions to draw ({CAPTIONS})",
     )
     EditSettings.add_options(evaluate, fallback=small_world_settings)
     recipe = actions.add_parser(
@@ -727,41 +733,24 @@ def run_world(args) -> None:
     else:
         check_model_source(args)
         quiet_libraries()
-        from instruct_pix2pix import Editor
         from instruct_pix2pix.settings import EditSettings
-        from instruct_pix2pix.small_world.evaluate import model_settings
 
-        def settings_for(model) -> EditSettings:  # the world's, then the model's own, then the command line's
-            return model_settings(model).replace(**EditSettings.given_in(args))
-
+        overrides = EditSettings.given_in(args)  # over the world's settings, then the model's own
         if args.world_command == "evaluate":
-            from instruct_pix2pix.editing import pick_device, pick_dtype
-            from instruct_pix2pix.loading import ANY, load_model
+            from instruct_pix2pix.small_world.evaluate import evaluate_model
 
-            device = pick_device(args.device)
-            model = load_model(args.model, kind=ANY, dtype=pick_dtype(None, device), config=args.config)
-            settings = settings_for(model)
-            if model.kind == "text-to-image":  # the world's Stable Diffusion: draw captions, read them back
-                from instruct_pix2pix.small_world.evaluate import run_text_to_image_evaluation
+            print(evaluate_model(args.model, Path(args.output), overrides, per_kind=args.per_kind,
+                                 captions=args.captions, device=args.device, config=args.config))  # fmt: skip
+            return
+        from instruct_pix2pix import Editor
+        from instruct_pix2pix.images import save_png
+        from instruct_pix2pix.small_world.evaluate import demo_metadata, demo_sheet, model_settings
 
-                print(run_text_to_image_evaluation(model, Path(args.output), settings, count=args.captions,
-                                                   device=device))  # fmt: skip
-                return
-            editor = Editor.for_model(model, device)
-        else:
-            editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
-            settings = settings_for(editor.model)
-        if args.world_command == "demo":
-            from instruct_pix2pix.images import save_png
-            from instruct_pix2pix.small_world.evaluate import demo_metadata, demo_sheet
-
-            sheet, scores = demo_sheet(editor, settings, seed=args.seed)
-            save_png(sheet, args.output, demo_metadata(editor, settings, args.seed, args.output))
-            print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
-        else:
-            from instruct_pix2pix.small_world.evaluate import run_evaluation
-
-            print(run_evaluation(editor, Path(args.output), settings, per_kind=args.per_kind))
+        editor = Editor.from_pretrained(args.model, device=args.device, config=args.config)
+        settings = model_settings(editor.model).replace(**overrides)
+        sheet, scores = demo_sheet(editor, settings, seed=args.seed)
+        save_png(sheet, args.output, demo_metadata(editor, settings, args.seed, args.output))
+        print(f"{args.output}: {sum(s.success for s in scores)} of {len(scores)} edits match the ground truth")
 
 
 def run_data(args) -> None:

@@ -47,6 +47,8 @@ MAX_DISTURBED = 0.01  # ... and success allows at most this share of disturbed k
 ALTERNATIVES = 32  # draws of other edits of the same kind that an output must be further from than from its target
 EVALUATION_SPLIT = "test"  # scenes from seeds that training data never uses ("train")
 WORDINGS = ("training", "held-out")  # the instructions' wording: seen in training, or held out of it
+PER_KIND = 40  # held-out scenes of each edit kind an editor is evaluated on (the README's figures)
+CAPTIONS = 200  # held-out captions a text-to-image model is evaluated on
 
 
 def as_array(image: Image.Image) -> np.ndarray:
@@ -318,7 +320,7 @@ def example_figure(outputs: dict[str, list[tuple[WorldEdit, Image.Image]]], meth
 
 
 def run_evaluation(
-    editor, output: Path, settings: EditSettings | None = None, *, per_kind: int = 40, seed: int = 0
+    editor, output: Path, settings: EditSettings | None = None, *, per_kind: int = PER_KIND, seed: int = 0
 ) -> str:
     """`ip2p world evaluate`: the model, the do-nothing baseline and the VAE's ceiling, on held-out
     scenes with training and held-out wording; writes results.json, table.md and examples.png."""
@@ -345,6 +347,23 @@ def run_evaluation(
     metadata = figure_metadata([*command, *settings.command_words()], **record)
     save_png(example_figure(outputs, "model"), output / "examples.png", metadata)
     return f"{table}\n\nwritten: {output / 'results.json'}, {output / 'table.md'}, {output / 'examples.png'}"
+
+
+def evaluate_model(source, output: Path, overrides: dict | None = None, *, per_kind: int | None = None,
+                   captions: int | None = None, device="auto", config=None) -> str:  # fmt: skip
+    """`ip2p world evaluate` on a model (a folder, hub id or file): an editor on held-out scenes
+    (`run_evaluation`), a text-to-image model on held-out captions (`run_text_to_image_evaluation`),
+    at the world's settings, then the model's own (about.json), then `overrides`; `per_kind` and
+    `captions` default to PER_KIND and CAPTIONS."""
+    from instruct_pix2pix.editing import Editor, pick_device, pick_dtype
+    from instruct_pix2pix.loading import ANY, load_model
+
+    device = pick_device(device)
+    model = load_model(source, kind=ANY, dtype=pick_dtype(None, device), config=config)
+    settings = model_settings(model).replace(**(overrides or {}))
+    if model.kind == "text-to-image":  # the world's Stable Diffusion: draw captions, read them back
+        return run_text_to_image_evaluation(model, output, settings, count=captions or CAPTIONS, device=device)
+    return run_evaluation(Editor.for_model(model, device), output, settings, per_kind=per_kind or PER_KIND)
 
 
 def model_words(model) -> list[str]:
@@ -451,7 +470,7 @@ def evaluate_text_to_image(
 
 
 def run_text_to_image_evaluation(
-    model, output: Path, settings: EditSettings | None = None, *, count: int = 200, seed: int = 0, device="cpu"
+    model, output: Path, settings: EditSettings | None = None, *, count: int = CAPTIONS, seed: int = 0, device="cpu"
 ) -> str:
     """`ip2p world evaluate` on a text-to-image model: results.json, table.md and examples.png (caption,
     the model's picture, its reading drawn exactly, the captioned scene)."""

@@ -65,8 +65,6 @@ CLIP_FILES = (
     "special_tokens_map.json",
     "preprocessor_config.json",
 )
-EVALUATION_PER_KIND = 40  # held-out scenes of each edit kind: `ip2p world evaluate`'s default, the README's
-EVALUATION_CAPTIONS = 200  # held-out captions for the text-to-image model, as in the README
 
 
 def _done(path: Path, stage: str) -> bool:
@@ -259,27 +257,12 @@ def run_recipe(
         print("[package] ...")
         package(trained, clip, text_to_image)
         package_language_model(work / "language" / "model")
-    evaluation = work / "evaluation"
+    from instruct_pix2pix.small_world.evaluate import evaluate_model
+
+    evaluation = work / "evaluation"  # `ip2p world evaluate` at the settings each model is shipped with
     if text_to_image is not None and not _done(evaluation / "t2i" / "examples.png", "evaluate t2i"):
-        evaluate_model(text_to_image, evaluation / "t2i", text_to_image_about())
+        print(evaluate_model(text_to_image, evaluation / "t2i", text_to_image_about()["settings"]))
     if not _done(evaluation / name / "examples.png", f"evaluate {name}"):
-        evaluate_model(trained, evaluation / name, about())
+        print(evaluate_model(trained, evaluation / name, about()["settings"]))
     print(f"[done] all stages took {(time.time() - started) / 60:.1f} min")
     return trained
-
-
-def evaluate_model(trained: Path, output: Path, about_model: dict) -> None:
-    """`ip2p world evaluate` on a trained model, at the settings it is shipped with (`about_model`):
-    an editor on held-out scenes, a text-to-image model on held-out captions."""
-    from instruct_pix2pix import Editor
-    from instruct_pix2pix.editing import pick_device, pick_dtype
-    from instruct_pix2pix.loading import ANY, load_model
-    from instruct_pix2pix.small_world.evaluate import SETTINGS, run_evaluation, run_text_to_image_evaluation
-
-    device = pick_device()
-    model = load_model(trained, kind=ANY, dtype=pick_dtype(None, device))
-    settings = SETTINGS.replace(**about_model["settings"])
-    if model.kind == "text-to-image":
-        print(run_text_to_image_evaluation(model, output, settings, count=EVALUATION_CAPTIONS, device=device))
-    else:
-        print(run_evaluation(Editor.for_model(model, device), output, settings, per_kind=EVALUATION_PER_KIND))
