@@ -202,6 +202,7 @@ def run_recipe(
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from instruct_pix2pix.small_world import pretrain
+    from instruct_pix2pix.small_world.evaluate import evaluate_model
     from instruct_pix2pix.small_world.generate import write_dataset
     from instruct_pix2pix.training.config import load_config
     from instruct_pix2pix.training.trainer import train
@@ -257,8 +258,6 @@ def run_recipe(
         print("[package] ...")
         package(trained, clip, text_to_image)
         package_language_model(work / "language" / "model")
-    from instruct_pix2pix.small_world.evaluate import evaluate_model
-
     evaluation = work / "evaluation"  # `ip2p world evaluate` at the settings each model is shipped with
     if text_to_image is not None and not _done(evaluation / "t2i" / "examples.png", "evaluate t2i"):
         print(evaluate_model(text_to_image, evaluation / "t2i", text_to_image_about()["settings"]))
